@@ -1,0 +1,231 @@
+"""The ``edgecl`` command line: ``learn``, ``strategies``, ``profiles``.
+
+Exit codes: 0 success, 1 runtime failure, 2 usage error (bad flag, file, name or profile).
+Errors print one line on stderr; ``edgecl --debug ...`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgecl.errors import EdgeclError, UsageError
+
+
+class _LineError(click.ClickException):
+    """One line on stderr with a chosen exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(" ".join(str(message).split()))
+        self.exit_code = exit_code
+
+
+class EdgeclGroup(click.Group):
+    """Turns every error into one line on stderr and the documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        debug = bool(ctx.params.get("debug"))
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.Abort):
+            raise
+        except click.UsageError as error:  # bad flag or value, found by click
+            if debug:
+                raise
+            hint = f" (see 'edgecl {error.ctx.info_name} --help')" if error.ctx else ""
+            raise _LineError(error.format_message() + hint, 2) from None
+        except click.ClickException:
+            raise
+        except UsageError as error:
+            if debug:
+                raise
+            raise _LineError(str(error), 2) from None
+        except EdgeclError as error:
+            if debug:
+                raise
+            raise _LineError(str(error), 1) from None
+        except Exception as error:  # a bug: still one line, with the way to see more
+            if debug:
+                raise
+            raise _LineError(f"internal error: {type(error).__name__}: {error} "
+                             "(rerun with 'edgecl --debug ...' for the traceback)", 1) from None
+
+
+@click.group(cls=EdgeclGroup)
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="edgecl")
+def cli(debug: bool) -> None:
+    """Continual learning on edge devices: learn a changing stream inside a device's budget."""
+
+
+def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, allow_nan=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fmt_acc(value: float) -> str:
+    return "  -  " if value != value else f"{value:.3f}"  # NaN: empty test set
+
+
+def _print_table(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    echo = click.echo
+    echo(f"\n{report['strategy']} on {report['dataset']} ({report['scenario']}, "
+         f"{report['n_experiences']} experiences), profile {report['profile']}, "
+         f"seed {report['seed']}")
+    final_row = report["accuracy_matrix"][-1]
+    echo(f"\n{'exp':>3}  {'classes':<12} {'acc. on seen':>12} {'final acc.':>10}")
+    for row in rows:
+        classes = ",".join(str(c) for c in row["classes"])
+        classes = classes if len(classes) <= 12 else classes[:11] + "…"
+        echo(f"{row['index']:>3}  {classes:<12} {_fmt_acc(row['seen_accuracy']):>12} "
+             f"{_fmt_acc(final_row[row['index']]):>10}")
+    memory, budget, upd = report["memory"], report["budget"], report["latency_ms"]["update"]
+    lines = [
+        ("final accuracy", _fmt_acc(report["final_accuracy"])),
+        ("test accuracy (all classes)", _fmt_acc(report["test_accuracy"])),
+        ("average accuracy", _fmt_acc(report["average_accuracy"])),
+        ("forgetting", f"{report['forgetting']:.3f}"),
+        ("backward transfer", f"{report['bwt']:+.3f}"),
+    ]
+    if report.get("streaming_accuracy") is not None:
+        lines.append(("streaming accuracy", _fmt_acc(report["streaming_accuracy"])))
+    lines += [
+        ("ms per update p50 / p95", f"{upd['p50']:.2f} / {upd['p95']:.2f}  (budget "
+         f"{budget['update_ms']:g} ms, {100 * budget['over_budget_fraction']:.1f}% of "
+         f"{budget['n_updates']} over)"),
+        ("replay buffer", f"{memory['n_stored']} latents, {memory['buffer_bytes']:,} bytes "
+         f"({memory['bytes_per_sample']:,} B each, {memory['codec']})"),
+        ("peak RSS", f"{memory['peak_rss_mb']:.1f} MB"),
+        ("wall time", f"{report['wall_s']:.1f} s"),
+    ]
+    echo("")
+    for label, value in lines:
+        echo(f"{label:<28} {value}")
+
+
+@cli.command("learn")
+@click.option("--profile", "profile", default="cpu", show_default=True,
+              help="Device profile: a name from 'edgecl profiles' or a path to a .toml file.")
+@click.option("--dataset", default="digits", show_default=True,
+              help="digits, mnist1d, mnist1d:N (N samples), mnist5k, or npz:PATH with arrays "
+                   "x, y (optional x_test, y_test).")
+@click.option("--scenario", default="class-incremental", show_default=True,
+              type=click.Choice(["class-incremental", "nic", "online"]),
+              help="How the dataset is cut into a stream of experiences.")
+@click.option("--strategy", default="ar1*", show_default=True,
+              help="A registered strategy; list them with 'edgecl strategies'.")
+@click.option("--experiences", "n_experiences", default=5, show_default=True, type=int,
+              help="Number of experiences the stream is cut into.")
+@click.option("--memory-mb", type=float, default=None,
+              help="Replay buffer budget in MB [default: the profile's replay_mb].")
+@click.option("--replay-samples", type=int, default=200, show_default=True,
+              help="Replay buffer capacity in latents, within --memory-mb; 0 for bytes only.")
+@click.option("--codec", default="fp32", show_default=True, type=click.Choice(["fp32"]),
+              help="How replayed latents are stored.")
+@click.option("--update-budget-ms", type=float, default=None,
+              help="Latency budget of one update in ms [default: the profile's update_ms].")
+@click.option("--backend", default="torch", show_default=True, type=click.Choice(["torch"]),
+              help="Where the frozen backbone runs.")
+@click.option("--online-batch-size", default=1, show_default=True, type=int,
+              help="Samples per update in the online scenario.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed for the split, initialisation and replay; same seed, same report.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Write the JSON report here.")
+def learn_command(profile: str, dataset: str, scenario: str, strategy: str, n_experiences: int,
+                  memory_mb: float | None, replay_samples: int, codec: str,
+                  update_budget_ms: float | None, backend: str, online_batch_size: int,
+                  seed: int, report_path: Path | None) -> None:
+    """Learn a stream with a strategy, show progress, print a results table.
+
+    The backbone is pretrained on the first experience and frozen below its latent layer;
+    the head then learns each experience from new and replayed latents.
+
+    \b
+    Example:
+      edgecl learn --profile cpu --dataset digits --strategy ar1* --report r.json
+    """
+    from edgecl.runtime.run import RunSpec, iter_run
+    from edgecl.strategies import STRATEGIES
+
+    STRATEGIES.get(strategy)  # an unknown name fails before any data is loaded
+    if replay_samples < 0:
+        raise UsageError(f"--replay-samples must be >= 0, got {replay_samples}")
+    if memory_mb is not None and not memory_mb > 0:
+        raise UsageError(f"--memory-mb must be positive, got {memory_mb}")
+    if update_budget_ms is not None and not update_budget_ms > 0:
+        raise UsageError(f"--update-budget-ms must be positive, got {update_budget_ms}")
+    if online_batch_size < 1:
+        raise UsageError(f"--online-batch-size must be >= 1, got {online_batch_size}")
+    spec = RunSpec(profile=profile, dataset=dataset, scenario=scenario, strategy=strategy,
+                   n_experiences=n_experiences, seed=seed, memory_mb=memory_mb,
+                   replay_samples=replay_samples or None, codec=codec,
+                   update_budget_ms=update_budget_ms, backend=backend,
+                   online_batch_size=online_batch_size)
+    events = iter_run(spec)
+    start = next(events)
+    for warning in start["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
+    rows: list[dict[str, Any]] = []
+    report: dict[str, Any] = {}
+    with click.progressbar(length=start["total_samples"], label=f"learning ({strategy})",
+                           file=sys.stderr, show_pos=True,
+                           hidden=not sys.stderr.isatty()) as bar:
+        for event in events:
+            if event["event"] == "progress":
+                bar.update(event["samples"])
+            elif event["event"] == "experience":
+                rows.append(event)
+            elif event["event"] == "done":
+                report = event["report"]
+    _print_table(report, rows)
+    if report_path is not None:
+        try:
+            _write_json_atomically(report_path, report)
+        except OSError as error:
+            raise EdgeclError(f"the run finished but the report could not be written to "
+                              f"{report_path}: {error.strerror or error}") from None
+        click.echo(f"{'report':<28} {report_path}")
+
+
+@cli.command("strategies")
+def strategies_command() -> None:
+    """List the registered continual-learning strategies."""
+    from edgecl.strategies import STRATEGIES
+
+    for entry in STRATEGIES.entries():
+        click.echo(f"{entry.name:<16} {entry.summary}")
+
+
+@cli.command("profiles")
+def profiles_command() -> None:
+    """List the built-in device profiles and their budgets."""
+    from edgecl.profiles import list_profiles, load_profile
+
+    click.echo(f"{'name':<18} {'cores':>5} {'RAM MB':>7} {'GFLOP/s':>8} {'replay MB':>9} "
+               f"{'update ms':>9}  description")
+    for name in list_profiles():
+        p = load_profile(name)
+        label = name if p.name == name else f"{name} → {p.name}"
+        click.echo(f"{label:<18} {p.device.cores:>5} {p.device.ram_mb:>7} "
+                   f"{p.device.sustained_gflops:>8g} {p.budget.replay_mb:>9g} "
+                   f"{p.budget.update_ms:>9g}  {p.description}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    cli()

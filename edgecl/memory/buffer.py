@@ -1,0 +1,174 @@
+"""Class-balanced latent replay buffer with a capacity in samples and/or bytes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from edgecl.errors import BudgetError, UsageError
+from edgecl.memory.codecs import Codec, Float32Codec
+
+# Labels are stored as int16: enough for 32k classes, and 2 bytes instead of 8 per sample.
+_LABEL_DTYPE = torch.int16
+
+
+class ClassBalancedBuffer:
+    """Stores encoded latents; when full, evicts from the largest class to keep balance.
+
+    Inserting a sample of class ``c`` into a full buffer: if ``c`` holds fewer samples than
+    the largest class, a random sample of the largest class makes room. Otherwise ``c`` is
+    (one of) the largest and the sample replaces a random stored one of its own class with
+    probability ``stored_c / seen_c`` (reservoir sampling within the class), so each class
+    keeps a uniform sample of everything it has seen.
+
+    Storage is allocated once, at the first insert, at full capacity: the byte budget is a
+    ceiling on what is allocated, not only on what is used.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_samples: int | None = None,
+        max_bytes: int | None = None,
+        codec: Codec | None = None,
+        seed: int = 0,
+    ) -> None:
+        if max_samples is None and max_bytes is None:
+            raise UsageError("a replay buffer needs max_samples, max_bytes or both")
+        if max_samples is not None and max_samples < 0:
+            raise UsageError(f"max_samples must be >= 0, got {max_samples}")
+        if max_bytes is not None and max_bytes < 0:
+            raise UsageError(f"max_bytes must be >= 0, got {max_bytes}")
+        self.max_samples = max_samples
+        self.max_bytes = max_bytes
+        self.codec = codec if codec is not None else Float32Codec()
+        self._rng = np.random.default_rng(seed)
+        self._codes: torch.Tensor | None = None
+        self._labels: torch.Tensor | None = None
+        self._dim: int | None = None
+        self._size = 0
+        self._class_slots: dict[int, list[int]] = {}
+        self._seen_per_class: dict[int, int] = {}
+
+    # -- capacity ---------------------------------------------------------------------------
+    def bytes_per_sample(self, dim: int) -> int:
+        return self.codec.bytes_per_sample(dim) + _LABEL_DTYPE.itemsize
+
+    def capacity_for(self, dim: int) -> int:
+        """How many latents of ``dim`` values fit in the sample and byte limits."""
+        limits = []
+        if self.max_samples is not None:
+            limits.append(self.max_samples)
+        if self.max_bytes is not None:
+            room = self.max_bytes - self.codec.overhead_bytes()
+            limits.append(max(0, room // self.bytes_per_sample(dim)))
+        return int(min(limits))
+
+    @property
+    def capacity(self) -> int:
+        if self._dim is None:
+            return self.max_samples if self.max_samples is not None else 0
+        return self._codes.shape[0] if self._codes is not None else 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes allocated: codes and labels at full capacity, plus codec parameters."""
+        if self._codes is None:
+            return 0
+        return (self._codes.nelement() * self._codes.element_size()
+                + self._labels.nelement() * self._labels.element_size()
+                + self.codec.overhead_bytes())
+
+    def class_counts(self) -> dict[int, int]:
+        return {c: len(slots) for c, slots in sorted(self._class_slots.items()) if slots}
+
+    # -- updates ----------------------------------------------------------------------------
+    def _allocate(self, dim: int) -> None:
+        capacity = self.capacity_for(dim)
+        if capacity == 0:
+            raise BudgetError(
+                f"replay memory of {self.max_bytes} bytes holds no latent of {dim} values "
+                f"({self.bytes_per_sample(dim)} bytes each); raise --memory-mb")
+        self._dim = dim
+        self._codes = torch.zeros((capacity, self.codec.code_width(dim)),
+                                  dtype=self.codec.storage_dtype)
+        self._labels = torch.zeros(capacity, dtype=_LABEL_DTYPE)
+
+    def add(self, latents: torch.Tensor, labels: torch.Tensor) -> None:
+        """Offer (N, ...) latents with (N,) labels; the buffer keeps a class-balanced subset."""
+        flat = latents.reshape(latents.shape[0], -1)
+        if self._dim is None:
+            if not self.codec.is_fitted:
+                self.codec.fit(flat)
+            self._allocate(flat.shape[1])
+        elif flat.shape[1] != self._dim:
+            raise UsageError(f"latent has {flat.shape[1]} values, buffer holds {self._dim}")
+        slots = np.full(flat.shape[0], -1, dtype=np.int64)
+        for i, label in enumerate(labels.tolist()):
+            slots[i] = self._choose_slot(int(label))
+        # A slot chosen twice in one call keeps the later sample, as sequential inserts would.
+        order = np.flatnonzero(slots >= 0)[::-1]
+        _, first_in_reversed = np.unique(slots[order], return_index=True)
+        keep = np.sort(order[first_in_reversed])
+        if keep.size:
+            keep_t = torch.from_numpy(keep)
+            rows = torch.from_numpy(slots[keep])
+            self._codes[rows] = self.codec.encode(flat[keep_t])
+            self._labels[rows] = labels[keep_t].to(_LABEL_DTYPE)
+
+    def _choose_slot(self, label: int) -> int:
+        seen = self._seen_per_class.get(label, 0) + 1
+        self._seen_per_class[label] = seen
+        own = self._class_slots.setdefault(label, [])
+        capacity = self._codes.shape[0]
+        if self._size < capacity:
+            slot = self._size
+            self._size += 1
+            own.append(slot)
+            return slot
+        largest = max(self._class_slots, key=lambda c: (len(self._class_slots[c]), -c))
+        if len(own) < len(self._class_slots[largest]):
+            victims = self._class_slots[largest]
+            slot = victims.pop(int(self._rng.integers(len(victims))))
+            own.append(slot)
+            return slot
+        if own and self._rng.random() < len(own) / seen:
+            return own[int(self._rng.integers(len(own)))]
+        return -1
+
+    # -- reading ----------------------------------------------------------------------------
+    def sample(self, n: int, generator: torch.Generator | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` decoded latents drawn uniformly with replacement, with their labels."""
+        if self._size == 0 or n <= 0:
+            raise UsageError("cannot sample from an empty replay buffer")
+        idx = torch.randint(self._size, (n,), generator=generator)
+        return self.codec.decode(self._codes[idx]), self._labels[idx].long()
+
+    def all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every stored latent, decoded, with its label."""
+        if self._codes is None:
+            return torch.empty(0), torch.empty(0, dtype=torch.long)
+        return self.codec.decode(self._codes[: self._size]), self._labels[: self._size].long()
+
+    def stats(self) -> dict[str, object]:
+        dim = self._dim or 0
+        return {
+            "buffer_bytes": self.nbytes,
+            "bytes_per_sample": self.bytes_per_sample(dim) if dim else 0,
+            "n_stored": self._size,
+            "capacity": self.capacity,
+            "codec": self.codec.name,
+        }
+
+
+def capacity_from_megabytes(megabytes: float) -> int:
+    """Bytes in a (possibly fractional) number of MiB, rounded down."""
+    if not math.isfinite(megabytes) or megabytes < 0:
+        raise UsageError(f"memory budget must be a non-negative number of MB, got {megabytes}")
+    return int(megabytes * 1024 * 1024)

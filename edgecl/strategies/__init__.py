@@ -1,0 +1,13 @@
+"""Continual-learning strategies, registered by name (``create_strategy("ar1*")``)."""
+
+# Imported explicitly so that each module registers its strategies.
+from edgecl.strategies import ar1, baselines, cwr, replay  # noqa: F401
+from edgecl.strategies.base import (
+    STRATEGIES,
+    Strategy,
+    UpdateContext,
+    create_strategy,
+    list_strategies,
+)
+
+__all__ = ["STRATEGIES", "Strategy", "UpdateContext", "create_strategy", "list_strategies"]

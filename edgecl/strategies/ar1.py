@@ -1,0 +1,61 @@
+"""AR1* with latent replay (Lomonaco et al. 2020; Pellegrini et al. 2020).
+
+AR1* combines CWR* on the output layer, Synaptic Intelligence on the layers between the
+latent layer and the output, latent replay, and Batch Renormalization in the head.
+As in the authors' code, the classes and counts that CWR* consolidates in an update include
+the replayed latents', so replayed classes are re-averaged too.
+Differences here: the layers below the latent are frozen after the first update (the paper
+can slow them down instead), and the first update's hidden layers are trained during
+backbone pretraining.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from edgecl.heads.cwr import ConsolidatedOutput
+from edgecl.strategies.base import STRATEGIES, Strategy, UpdateContext
+from edgecl.strategies.synaptic_intelligence import SynapticIntelligence
+
+
+@STRATEGIES.register("ar1*")
+class AR1Star(Strategy):
+    """AR1*: CWR* output + SI-regularised hidden layers + latent replay + BatchRenorm."""
+
+    name = "ar1*"
+    uses_replay = True
+
+    def __init__(self, *, si_strength: float = 0.5, si_max_importance: float = 1.0) -> None:
+        self.si_strength = si_strength
+        self.si_max_importance = si_max_importance
+        self.consolidated: ConsolidatedOutput | None = None
+        self.si: SynapticIntelligence | None = None
+
+    def configure(self, head: nn.Sequential) -> None:
+        self.consolidated = ConsolidatedOutput(head[-1])
+        hidden = {name: p for name, p in head[:-1].named_parameters()}
+        self.si = SynapticIntelligence(hidden, strength=self.si_strength,
+                                       max_importance=self.si_max_importance)
+
+    def before_update(self, ctx: UpdateContext) -> None:
+        self.consolidated.start_batch(ctx.output, ctx.classes, from_consolidated=True)
+        self.si.begin()
+
+    def penalty(self, head: nn.Sequential):
+        return self.si.penalty()
+
+    def after_step(self, head: nn.Sequential) -> None:
+        self.si.after_step()
+
+    def after_update(self, ctx: UpdateContext) -> None:
+        self.consolidated.consolidate_star(ctx.output, ctx.class_counts)
+        self.si.end()
+
+    def state_bytes(self) -> int:
+        c = self.consolidated
+        cwr = 0 if c is None else c.weight.nbytes + c.past.nbytes
+        si = 0 if self.si is None else sum(t.nbytes for t in self.si.tensors())
+        return cwr + si
+
+    def __repr__(self) -> str:
+        return f"AR1Star(si_strength={self.si_strength})"

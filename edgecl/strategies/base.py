@@ -1,0 +1,95 @@
+"""The strategy contract: a small object with a few hooks; the runtime owns the loop.
+
+One *update* is one call of the learner on a batch of new data: a whole experience, or a
+mini-batch of an online stream. Around it the runtime calls::
+
+    before_update(ctx)                       # e.g. CWR*: reset / load output weights
+    for each optimizer step:
+        loss = cross_entropy + penalty(head) # e.g. AR1*: Synaptic Intelligence penalty
+        step; after_step(head)               # e.g. SI: accumulate the path integral
+    after_update(ctx)                        # e.g. CWR*: consolidate; SI: importances
+
+Hooks return values or act on the head they are given; they never reach into the runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from edgecl._registry import Registry
+
+
+@dataclass(frozen=True)
+class UpdateContext:
+    """What a strategy may know about the update in progress."""
+
+    head: nn.Sequential
+    class_counts: dict[int, int]  # samples per class in this update: new data plus replay
+    update_index: int             # updates done before this one (0 for the first)
+
+    @property
+    def output(self) -> nn.Linear:
+        return self.head[-1]
+
+    @property
+    def classes(self) -> list[int]:
+        return sorted(self.class_counts)
+
+
+class Strategy:
+    """Base class: plain fine-tuning of the whole head with no replay (the `naive` method)."""
+
+    name = "strategy"
+    uses_replay = False  # True: the runtime keeps a replay buffer and mixes it into batches
+
+    def configure(self, head: nn.Sequential) -> None:
+        """Called once, after the backbone is split and frozen."""
+
+    def trainable_parameters(self, head: nn.Sequential, *, first_update: bool
+                             ) -> list[nn.Parameter]:
+        """Parameters the optimizer steps in this update (default: the whole head)."""
+        return list(head.parameters())
+
+    def training_data(self, latents: torch.Tensor, labels: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The data to train on in this update, given the new latents (default: just them)."""
+        return latents, labels
+
+    def before_update(self, ctx: UpdateContext) -> None:
+        """Before the first optimizer step of an update."""
+
+    def penalty(self, head: nn.Sequential) -> torch.Tensor | None:
+        """A regularisation term added to the cross-entropy loss, or None."""
+        return None
+
+    def after_step(self, head: nn.Sequential) -> None:
+        """After each optimizer step."""
+
+    def after_update(self, ctx: UpdateContext) -> None:
+        """After the last optimizer step of an update."""
+
+    def state_bytes(self) -> int:
+        """Bytes of strategy state (importances, old weights, stored data) for the report."""
+        return 0
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+STRATEGIES: Registry[Strategy] = Registry("strategy")
+
+
+def create_strategy(name: str) -> Strategy:
+    """Build a registered strategy by name, e.g. ``create_strategy("ar1*")``."""
+    return STRATEGIES.create(name)
+
+
+def list_strategies() -> list[str]:
+    return STRATEGIES.names()
+
+
+def tensor_bytes(tensors: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> int:
+    return sum(t.nelement() * t.element_size() for t in tensors)

@@ -1,0 +1,38 @@
+"""Baselines: naive fine-tuning (the lower bound) and cumulative training (the upper bound).
+
+Both act on the head above the latent layer; the backbone below it is frozen for every
+strategy, so these bound what a strategy can do with the same frozen features.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from edgecl.strategies.base import STRATEGIES, Strategy, tensor_bytes
+
+
+@STRATEGIES.register("naive")
+class Naive(Strategy):
+    """Fine-tunes the head on each new batch only; forgets (the lower bound)."""
+
+    name = "naive"
+
+
+@STRATEGIES.register("cumulative")
+class Cumulative(Strategy):
+    """Retrains the head on every latent seen so far (the upper bound; unbounded memory)."""
+
+    name = "cumulative"
+
+    def __init__(self) -> None:
+        self._latents: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+
+    def training_data(self, latents: torch.Tensor, labels: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        self._latents.append(latents)
+        self._labels.append(labels)
+        return torch.cat(self._latents), torch.cat(self._labels)
+
+    def state_bytes(self) -> int:
+        return tensor_bytes(self._latents) + tensor_bytes(self._labels)

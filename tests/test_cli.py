@@ -1,0 +1,171 @@
+"""End-to-end tests of the `edgecl` command line through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgecl.cli import cli
+
+REPORT_KEYS = {
+    "edgecl_version", "profile", "strategy", "dataset", "scenario", "seed", "backend",
+    "n_experiences", "accuracy_matrix", "final_accuracy", "average_accuracy", "forgetting",
+    "bwt", "memory", "latency_ms", "budget", "wall_s",
+}
+# Keys whose values are measurements of this machine, not results of the learning.
+TIMING_KEYS = {"latency_ms", "wall_s"}
+
+
+def _learn(tmp_path: Path, *args: str, name: str = "r.json") -> tuple[object, dict]:
+    report = tmp_path / name
+    result = CliRunner().invoke(cli, ["learn", *args, "--report", str(report)])
+    assert result.exit_code == 0, result.stderr + result.stdout
+    return result, json.loads(report.read_text())
+
+
+def _assert_one_line_error(result, exit_code: int, *needles: str) -> None:
+    assert result.exit_code == exit_code, (result.exit_code, result.stderr, result.stdout)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ")
+    assert "Traceback" not in result.stderr + result.stdout
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_ar1star_learns_digits_and_naive_forgets(tmp_path):
+    """The issue's acceptance run: AR1* with at most 200 latents keeps >= 0.88 of 10 classes."""
+    args = ["--profile", "cpu", "--dataset", "digits", "--scenario", "class-incremental",
+            "--experiences", "5", "--seed", "0"]
+    result, ar1 = _learn(tmp_path, *args, "--strategy", "ar1*", name="ar1.json")
+    _, naive = _learn(tmp_path, *args, "--strategy", "naive", name="naive.json")
+
+    assert set(ar1) >= REPORT_KEYS
+    assert ar1["memory"]["n_stored"] <= 200
+    assert ar1["final_accuracy"] >= 0.88
+    assert naive["final_accuracy"] < 0.5          # it forgets ...
+    assert naive["forgetting"] > 0.5              # ... and the report shows it
+    assert ar1["forgetting"] < naive["forgetting"]
+    matrix = np.asarray(ar1["accuracy_matrix"])
+    assert matrix.shape == (5, 5)
+    assert ar1["final_accuracy"] == pytest.approx(matrix[-1].mean())
+    for stage in ("backbone", "update", "predict"):
+        assert set(ar1["latency_ms"][stage]) >= {"p50", "p95", "max"}
+    assert set(ar1["memory"]) >= {"buffer_bytes", "bytes_per_sample", "n_stored", "codec",
+                                  "peak_rss_mb"}
+    assert set(ar1["budget"]) >= {"update_ms", "memory_mb", "n_updates", "over_budget_fraction"}
+    # The table a user reads.
+    for label in ("final accuracy", "forgetting", "ms per update p50 / p95", "replay buffer",
+                  "peak RSS"):
+        assert label in result.stdout
+
+
+def test_same_seed_gives_the_same_report(tmp_path):
+    args = ["--dataset", "mnist1d:600", "--strategy", "ar1*", "--experiences", "3",
+            "--seed", "3"]
+    _, first = _learn(tmp_path, *args, name="a.json")
+    _, second = _learn(tmp_path, *args, name="b.json")
+    for report in (first, second):
+        for key in TIMING_KEYS:
+            report.pop(key)
+        report["memory"].pop("peak_rss_mb")
+        report["budget"].pop("over_budget_fraction")
+    assert first == second
+
+
+def test_online_and_nic_scenarios_run(tmp_path):
+    _, online = _learn(tmp_path, "--dataset", "mnist1d:400", "--scenario", "online",
+                       "--strategy", "latent-replay", "--experiences", "2", name="o.json")
+    assert 0.0 <= online["streaming_accuracy"] <= 1.0
+    # One update per online sample after the first (batch) experience.
+    assert online["budget"]["n_updates"] >= 100
+    _, nic = _learn(tmp_path, "--dataset", "mnist1d:400", "--scenario", "nic",
+                    "--strategy", "cwr*", "--experiences", "3", name="n.json")
+    assert len(nic["accuracy_matrix"]) == 3
+
+
+def _npz(tmp_path: Path, **arrays: np.ndarray) -> str:
+    path = tmp_path / "data.npz"
+    np.savez(path, **arrays)
+    return f"npz:{path}"
+
+
+def _good_arrays(n: int = 60) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {"x": rng.normal(size=(n, 6)).astype(np.float32), "y": np.arange(n) % 3}
+
+
+def test_npz_user_data_learns(tmp_path):
+    _, report = _learn(tmp_path, "--dataset", _npz(tmp_path, **_good_arrays()),
+                       "--experiences", "3", "--strategy", "latent-replay")
+    assert report["n_experiences"] == 3
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (lambda a: a["x"].__setitem__((3, 2), np.nan), "NaN"),
+        (lambda a: a.__setitem__("y", a["y"][:-5]), "y"),
+        (lambda a: a.__setitem__("y", a["y"].astype(np.float64)), "integer"),
+        (lambda a: a.__setitem__("y", np.array(["cat"] * len(a["y"]))), "y"),
+    ],
+    ids=["nan", "mismatched-lengths", "float-labels", "string-labels"],
+)
+def test_bad_npz_is_a_usage_error(tmp_path, change, needle):
+    arrays = _good_arrays()
+    change(arrays)
+    result = CliRunner().invoke(cli, ["learn", "--dataset", _npz(tmp_path, **arrays)])
+    _assert_one_line_error(result, 2, needle)
+
+
+def test_unknown_strategy_profile_and_malformed_profile(tmp_path):
+    runner = CliRunner()
+    _assert_one_line_error(runner.invoke(cli, ["learn", "--strategy", "ewc++"]), 2,
+                           "unknown strategy", "ar1*")
+    _assert_one_line_error(runner.invoke(cli, ["learn", "--profile", "jetson-xavier-max"]), 2,
+                           "jetson-xavier-max")
+    bad = tmp_path / "board.toml"
+    bad.write_text('name = "board"\ndescription = "x"\n[device]\ncores = "four"\n')
+    _assert_one_line_error(runner.invoke(cli, ["learn", "--profile", str(bad)]), 2,
+                           "board.toml")
+    _assert_one_line_error(runner.invoke(cli, ["learn", "--scenario", "sideways"]), 2,
+                           "sideways")
+    _assert_one_line_error(runner.invoke(cli, ["learn", "--dataset", "imagenet"]), 2,
+                           "imagenet")
+
+
+def test_unwritable_report_path_still_prints_results(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    result = CliRunner().invoke(cli, ["learn", "--dataset", "mnist1d:300", "--experiences",
+                                      "2", "--strategy", "naive", "--report",
+                                      str(blocker / "r.json")])
+    _assert_one_line_error(result, 1, "report could not be written")
+    assert "final accuracy" in result.stdout
+
+
+def test_listing_commands():
+    runner = CliRunner()
+    strategies = runner.invoke(cli, ["strategies"])
+    assert strategies.exit_code == 0
+    for name in ("naive", "cumulative", "latent-replay", "cwr", "cwr*", "ar1*"):
+        assert f"\n{name} " in "\n" + strategies.stdout
+    profiles = runner.invoke(cli, ["profiles"])
+    assert profiles.exit_code == 0
+    for name in ("cpu", "arm", "rpi4", "rpi-zero2", "jetson", "jetson-nano",
+                 "jetson-orin-nano"):
+        assert f"\n{name} " in "\n" + profiles.stdout
+
+
+def test_cuda_profile_falls_back_with_a_warning(tmp_path):
+    result, report = _learn(tmp_path, "--profile", "jetson-orin-nano", "--dataset",
+                            "mnist1d:300", "--experiences", "2", "--strategy", "naive")
+    import torch
+
+    if not torch.cuda.is_available():
+        assert "warning:" in result.stderr and "CUDA" in result.stderr
+        assert report["device"] == "cpu"
