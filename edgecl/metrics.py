@@ -15,7 +15,11 @@ from edgecl.errors import UsageError
 
 
 def _as_matrix(matrix: Sequence[Sequence[float]]) -> np.ndarray:
-    m = np.asarray(matrix, dtype=float)
+    try:
+        m = np.asarray(matrix, dtype=float)
+    except (ValueError, TypeError):
+        raise UsageError("an accuracy matrix must be square and non-empty, "
+                         "with one number per entry") from None
     if m.ndim != 2 or m.shape[0] == 0 or m.shape[0] != m.shape[1]:
         raise UsageError(f"an accuracy matrix must be square and non-empty, got shape {m.shape}")
     return m

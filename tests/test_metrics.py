@@ -99,8 +99,6 @@ def test_a_matrix_that_is_not_square_raises_usage_error(bad, metric) -> None:
         metric(bad)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a ragged matrix raises numpy's ValueError, not "
-                   "UsageError (metrics.py _as_matrix, np.asarray)")
 def test_a_ragged_matrix_raises_usage_error() -> None:
     with pytest.raises(UsageError, match="square"):
         final_accuracy([[0.9], [0.8, 0.7]])

@@ -13,7 +13,7 @@ from torch import nn
 
 
 class BatchRenorm(nn.Module):
-    """Batch Renormalization over dim 1 of (N, C) or (N, C, H, W) inputs."""
+    """Batch Renormalization over dim 1 of (N, C), (N, C, L) or (N, C, H, W) inputs."""
 
     def __init__(
         self,
@@ -40,8 +40,8 @@ class BatchRenorm(nn.Module):
         return (1, -1) + (1,) * (x.dim() - 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() not in (2, 4):
-            raise ValueError(f"BatchRenorm expects (N, C) or (N, C, H, W), got {tuple(x.shape)}")
+        if x.dim() < 2:
+            raise ValueError(f"BatchRenorm expects (N, C, ...) input, got {tuple(x.shape)}")
         shape = self._shape(x)
         reduce_dims = [0] + list(range(2, x.dim()))
         n_per_channel = x.numel() // x.shape[1]
@@ -76,10 +76,11 @@ def replace_batchnorm_with_renorm(module: nn.Module, **renorm_options: float) ->
     """Replace every BatchNorm1d/2d inside ``module`` with BatchRenorm, in place.
 
     Affine parameters and running statistics are copied, so the module computes the same
-    function in eval mode before and after. Returns ``module`` for chaining.
+    function in eval mode before and after. BatchNorm without running statistics is left
+    alone: BatchRenorm needs them. Returns ``module`` for chaining.
     """
     for name, child in module.named_children():
-        if isinstance(child, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if isinstance(child, (nn.BatchNorm1d, nn.BatchNorm2d)) and child.track_running_stats:
             renorm = BatchRenorm(child.num_features, eps=child.eps, **renorm_options)
             with torch.no_grad():
                 if child.affine:
@@ -88,6 +89,7 @@ def replace_batchnorm_with_renorm(module: nn.Module, **renorm_options: float) ->
                 if child.running_mean is not None:
                     renorm.running_mean.copy_(child.running_mean)
                     renorm.running_var.copy_(child.running_var)
+            renorm.train(child.training)
             setattr(module, name, renorm)
         else:
             replace_batchnorm_with_renorm(child, **renorm_options)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -117,9 +119,14 @@ def mobilenet(*, input_shape: tuple[int, ...], n_classes: int, width_mult: float
                     latent_layer=f"pw{latent_block}_relu")
 
 
-def create_backbone(name: str, *, input_shape: tuple[int, ...], n_classes: int) -> Backbone:
-    """Build a registered backbone by name (``mlp``, ``cnn``, ``mobilenet``)."""
-    return BACKBONES.create(name, input_shape=tuple(input_shape), n_classes=n_classes)
+def create_backbone(name: str, *, input_shape: tuple[int, ...], n_classes: int,
+                    options: Mapping[str, Any] | None = None) -> Backbone:
+    """Build a registered backbone by name (``mlp``, ``cnn``, ``mobilenet``).
+
+    ``options`` are the builder's own keyword arguments, e.g. ``{"width_mult": 0.5}``.
+    """
+    return BACKBONES.create(name, input_shape=tuple(input_shape), n_classes=n_classes,
+                            **dict(options or {}))
 
 
 def default_backbone_name(input_shape: tuple[int, ...]) -> str:

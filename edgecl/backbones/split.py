@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 from torch import nn
@@ -19,7 +20,12 @@ class SplitModel:
 
 
 def _layer_index(names: list[str], latent_layer: str | int) -> int:
-    if isinstance(latent_layer, int):
+    if not isinstance(latent_layer, str):
+        try:
+            latent_layer = operator.index(latent_layer)  # int or numpy integer
+        except TypeError:
+            raise UsageError(f"latent layer must be a name or an index, got {latent_layer!r}"
+                             ) from None
         index = latent_layer if latent_layer >= 0 else len(names) + latent_layer
         if not 0 <= index < len(names) - 1:
             raise UsageError(f"latent layer index {latent_layer} out of range: the model has "

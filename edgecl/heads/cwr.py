@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgecl.errors import UsageError
+
 
 def cwr_star_consolidate(
     consolidated: torch.Tensor,
@@ -48,7 +50,8 @@ class ConsolidatedOutput:
 
     def __init__(self, output: nn.Linear) -> None:
         if output.bias is not None:
-            raise ValueError("CWR consolidation needs a bias-free output layer")
+            raise UsageError("CWR consolidation needs a bias-free output layer "
+                             "(nn.Linear(..., bias=False) as the model's last layer)")
         self.weight = torch.zeros_like(output.weight.detach())  # cw: (n_classes, dim)
         self.past = torch.zeros(output.out_features, dtype=torch.float64)
 

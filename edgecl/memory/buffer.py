@@ -12,6 +12,7 @@ from edgecl.memory.codecs import Codec, Float32Codec
 
 # Labels are stored as int16: enough for 32k classes, and 2 bytes instead of 8 per sample.
 _LABEL_DTYPE = torch.int16
+_MAX_LABEL = torch.iinfo(_LABEL_DTYPE).max
 
 
 class ClassBalancedBuffer:
@@ -91,6 +92,8 @@ class ClassBalancedBuffer:
     def _allocate(self, dim: int) -> None:
         capacity = self.capacity_for(dim)
         if capacity == 0:
+            if self.max_samples == 0:
+                raise BudgetError("replay buffer has max_samples=0: it can hold nothing")
             raise BudgetError(
                 f"replay memory of {self.max_bytes} bytes holds no latent of {dim} values "
                 f"({self.bytes_per_sample(dim)} bytes each); raise --memory-mb")
@@ -99,15 +102,21 @@ class ClassBalancedBuffer:
                                   dtype=self.codec.storage_dtype)
         self._labels = torch.zeros(capacity, dtype=_LABEL_DTYPE)
 
+    def reserve(self, dim: int) -> None:
+        """Allocate storage for latents of ``dim`` values now; fails if none would fit."""
+        if self._dim is None:
+            self._allocate(dim)
+        elif dim != self._dim:
+            raise UsageError(f"latent has {dim} values, buffer holds {self._dim}")
+
     def add(self, latents: torch.Tensor, labels: torch.Tensor) -> None:
         """Offer (N, ...) latents with (N,) labels; the buffer keeps a class-balanced subset."""
         flat = latents.reshape(latents.shape[0], -1)
-        if self._dim is None:
-            if not self.codec.is_fitted:
-                self.codec.fit(flat)
-            self._allocate(flat.shape[1])
-        elif flat.shape[1] != self._dim:
-            raise UsageError(f"latent has {flat.shape[1]} values, buffer holds {self._dim}")
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) > _MAX_LABEL):
+            raise UsageError(f"replay labels must be in 0..{_MAX_LABEL}")
+        if self._dim is None and not self.codec.is_fitted:
+            self.codec.fit(flat)
+        self.reserve(flat.shape[1])
         slots = np.full(flat.shape[0], -1, dtype=np.int64)
         for i, label in enumerate(labels.tolist()):
             slots[i] = self._choose_slot(int(label))
@@ -145,8 +154,10 @@ class ClassBalancedBuffer:
     def sample(self, n: int, generator: torch.Generator | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` decoded latents drawn uniformly with replacement, with their labels."""
-        if self._size == 0 or n <= 0:
+        if self._size == 0:
             raise UsageError("cannot sample from an empty replay buffer")
+        if n <= 0:
+            raise UsageError(f"sample size must be positive, got {n}")
         idx = torch.randint(self._size, (n,), generator=generator)
         return self.codec.decode(self._codes[idx]), self._labels[idx].long()
 

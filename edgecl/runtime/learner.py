@@ -9,6 +9,7 @@ pretrained one is passed, and frozen below the latent layer afterwards.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -101,6 +102,7 @@ class Learner:
         if not isinstance(output, nn.Linear) or output.out_features != self.n_classes:
             raise UsageError(f"the model's last layer must be nn.Linear with {n_classes} outputs")
         self.latent_layer = latent_layer if latent_layer is not None else backbone.latent_layer
+        self.latent_shape = self._probe_latent_shape()
         self._generator = torch.Generator().manual_seed(seed)
         self.timer = StageTimer()
         self.buffer: ClassBalancedBuffer | None = None
@@ -108,6 +110,8 @@ class Learner:
             self.buffer = ClassBalancedBuffer(
                 max_samples=self.config.replay_samples, max_bytes=self.config.replay_bytes,
                 codec=create_codec(self.config.codec), seed=seed)
+            # Fail now, before any training, if not even one latent fits the budget.
+            self.buffer.reserve(math.prod(self.latent_shape))
         self.n_updates = 0      # learn calls completed (an experience or an online mini-batch)
         self.n_steps = 0        # optimizer steps taken on the head
         self.frozen: nn.Sequential | None = None
@@ -133,13 +137,15 @@ class Learner:
 
         Input is checked first: bad values raise DataError and leave the learner unchanged.
         """
+        if epochs is not None and epochs < 1:
+            raise UsageError(f"epochs must be >= 1, got {epochs}")
         xt, yt = self._check_batch(x, y)
         if not self.is_pretrained:
             self._pretrain(xt, yt)
             self._split_and_freeze()
         with self.timer.stage("backbone"):
             latents = self._latents(xt)
-        self._update(latents, yt, epochs=epochs or self.config.epochs)
+        self._update(latents, yt, epochs=epochs if epochs is not None else self.config.epochs)
 
     def learn_one(self, x: np.ndarray, y: int) -> None:
         """Learn one sample (one pass, mixed with replay when the strategy replays)."""
@@ -150,6 +156,9 @@ class Learner:
 
     def predict_many(self, x: np.ndarray) -> np.ndarray:
         """Class indices (int64) for a batch of inputs."""
+        if not self.is_pretrained:
+            raise UsageError("nothing learned yet: call learn_many first, or pass a pretrained "
+                             "backbone with pretrained=True")
         xt = self._check_inputs(x)
         with self.timer.stage("predict"):
             return self._scores(xt).argmax(dim=1).numpy()
@@ -213,6 +222,15 @@ class Learner:
                 loss.backward()
                 optimizer.step()
 
+    @torch.no_grad()
+    def _probe_latent_shape(self) -> tuple[int, ...]:
+        frozen = split_model(self.model, self.latent_layer).frozen
+        was_training = self.model.training
+        frozen.eval()
+        shape = tuple(frozen(torch.zeros(1, *self.input_shape, device=self.device)).shape[1:])
+        self.model.train(was_training)
+        return shape
+
     def _split_and_freeze(self) -> None:
         split = split_model(self.model, self.latent_layer)
         self.frozen = freeze(split.frozen)
@@ -231,6 +249,20 @@ class Learner:
     def _scores(self, x: torch.Tensor) -> torch.Tensor:
         self.head.eval()
         return self.head(self._latents(x)).cpu()
+
+    def _train_forward(self, batch: torch.Tensor) -> torch.Tensor:
+        if len(batch) > 1:
+            return self.head(batch)
+        # One sample has no batch statistics: BatchNorm uses its running ones for this step.
+        norms = [m for m in self.head.modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+        for m in norms:
+            m.eval()
+        try:
+            return self.head(batch)
+        finally:
+            for m in norms:
+                m.train()
 
     def _set_trainable(self, params: list[nn.Parameter]) -> None:
         wanted = {id(p) for p in params}
@@ -255,18 +287,16 @@ class Learner:
         self._set_trainable(params)
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                     weight_decay=cfg.weight_decay)
-        latent_shape = latents.shape[1:]
         for _ in range(epochs):
             order = torch.randperm(len(data), generator=self._generator)
-            for start in range(0, len(data), cfg.batch_size):
+            for idx in _minibatches(order, cfg.batch_size):
                 with self.timer.stage("update"):
-                    idx = order[start:start + cfg.batch_size]
                     batch_x, batch_y = data[idx], targets[idx]
                     if replay is not None and cfg.replay_batch_size > 0:
                         old_x, old_y = replay.sample(cfg.replay_batch_size, self._generator)
-                        batch_x = torch.cat([batch_x, old_x.view(-1, *latent_shape)])
+                        batch_x = torch.cat([batch_x, old_x.view(-1, *self.latent_shape)])
                         batch_y = torch.cat([batch_y, old_y])
-                    loss = F.cross_entropy(self.head(batch_x), batch_y)
+                    loss = F.cross_entropy(self._train_forward(batch_x), batch_y)
                     penalty = self.strategy.penalty(self.head)
                     if penalty is not None:
                         loss = loss + penalty
@@ -280,3 +310,12 @@ class Learner:
             self.buffer.add(latents, labels)
         self.head.eval()
         self.n_updates += 1
+
+
+def _minibatches(order: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """Cut ``order`` into mini-batches of ``size``; a last batch of one joins the one before,
+    so normalisation layers see batch statistics whenever there is more than one sample."""
+    batches = list(order.split(size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches

@@ -122,6 +122,7 @@ def iter_run(spec: RunSpec) -> Iterator[dict[str, object]]:
     report = _report_skeleton(spec, profile, device)
     report.update({
         "n_experiences": len(experiences),
+        "profile_details": profile.to_dict(),
         "accuracy_matrix": matrix,
         **metrics.summarize(matrix),
         "test_accuracy": learner.evaluate(dataset.x_test, dataset.y_test),

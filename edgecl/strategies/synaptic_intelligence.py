@@ -41,11 +41,18 @@ class SynapticIntelligence:
         return self.strength * total
 
     def after_step(self) -> None:
-        """Call after the optimizer step; ``p.grad`` still holds the gradient it used."""
+        """Call after the optimizer step; ``p.grad`` still holds the gradient it used.
+
+        The path integral uses the gradient of the task loss alone (as Zenke et al. do), so
+        the penalty's own gradient, 2 * strength * I * (p_before - anchor), is taken out.
+        """
         with torch.no_grad():
             for n, p in self._params.items():
                 if p.grad is not None:
-                    self._path[n].sub_(p.grad * (p.detach() - self._before_step[n]))
+                    before = self._before_step[n]
+                    task_grad = p.grad - 2 * self.strength * self.importance[n] * (
+                        before - self.anchor[n])
+                    self._path[n].sub_(task_grad * (p.detach() - before))
                 self._before_step[n].copy_(p.detach())
 
     def end(self) -> None:

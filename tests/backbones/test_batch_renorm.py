@@ -134,8 +134,6 @@ def test_single_sample_in_train_mode_uses_running_statistics() -> None:
     assert int(renorm.num_batches_tracked) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: BatchRenorm rejects (N, C, L) input that the "
-                   "BatchNorm1d it replaces accepts (batch_renorm.py forward, dim check)")
 def test_replacing_batchnorm1d_on_sequences_keeps_the_model_working() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv1d(2, 3, 3, padding=1), nn.BatchNorm1d(3)).eval()

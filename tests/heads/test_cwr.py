@@ -119,8 +119,6 @@ def test_state_dict_is_a_snapshot() -> None:
     assert torch.equal(snapshot["weight"], CW) and torch.equal(snapshot["past"], PAST)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a biased output layer raises ValueError, not a "
-                   "project UsageError (heads/cwr.py ConsolidatedOutput.__init__)")
 def test_biased_output_layer_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="bias"):
         ConsolidatedOutput(nn.Linear(2, 3, bias=True))

@@ -224,8 +224,6 @@ def test_latents_of_another_size_are_refused() -> None:
     assert len(buffer) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: labels are stored as int16 and silently wrap "
-                   "above 32767 (buffer.py add, labels[keep_t].to(_LABEL_DTYPE))")
 def test_labels_beyond_int16_are_refused_rather_than_corrupted() -> None:
     buffer = ClassBalancedBuffer(max_samples=4, seed=0)
     try:
@@ -235,8 +233,6 @@ def test_labels_beyond_int16_are_refused_rather_than_corrupted() -> None:
     assert buffer.all()[1].tolist() == [40000]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: max_samples=0 raises BudgetError saying "
-                   "'replay memory of None bytes' (buffer.py _allocate message)")
 def test_zero_sample_capacity_error_names_the_sample_limit() -> None:
     buffer = ClassBalancedBuffer(max_samples=0, seed=0)
     with pytest.raises(BudgetError) as err:
