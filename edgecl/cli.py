@@ -143,6 +143,11 @@ def _print_table(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
               help="Where the frozen backbone runs.")
 @click.option("--online-batch-size", default=1, show_default=True, type=int,
               help="Samples per update in the online scenario.")
+@click.option("--backbone-weights", type=click.Path(dir_okay=False), default=None,
+              help="Load a pretrained network (from --save-backbone or Learner.save_backbone) "
+                   "instead of pretraining on the first experience.")
+@click.option("--save-backbone", type=click.Path(dir_okay=False), default=None,
+              help="Write the network's weights here at the end, for --backbone-weights.")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seed for the split, initialisation and replay; same seed, same report.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -150,7 +155,8 @@ def _print_table(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
 def learn_command(profile: str, dataset: str, scenario: str, strategy: str, n_experiences: int,
                   memory_mb: float | None, replay_samples: int, codec: str,
                   update_budget_ms: float | None, backend: str, online_batch_size: int,
-                  seed: int, report_path: Path | None) -> None:
+                  backbone_weights: str | None, save_backbone: str | None, seed: int,
+                  report_path: Path | None) -> None:
     """Learn a stream with a strategy, show progress, print a results table.
 
     The backbone is pretrained on the first experience and frozen below its latent layer;
@@ -176,7 +182,8 @@ def learn_command(profile: str, dataset: str, scenario: str, strategy: str, n_ex
                    n_experiences=n_experiences, seed=seed, memory_mb=memory_mb,
                    replay_samples=replay_samples or None, codec=codec,
                    update_budget_ms=update_budget_ms, backend=backend,
-                   online_batch_size=online_batch_size)
+                   online_batch_size=online_batch_size, backbone_weights=backbone_weights,
+                   save_backbone=save_backbone)
     events = iter_run(spec)
     start = next(events)
     for warning in start["warnings"]:

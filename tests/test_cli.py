@@ -169,3 +169,17 @@ def test_cuda_profile_falls_back_with_a_warning(tmp_path):
     if not torch.cuda.is_available():
         assert "warning:" in result.stderr and "CUDA" in result.stderr
         assert report["device"] == "cpu"
+
+
+def test_backbone_saved_by_one_run_is_reused_by_the_next(tmp_path):
+    weights = tmp_path / "backbone.pt"
+    args = ["--dataset", "mnist1d:400", "--experiences", "2", "--strategy", "latent-replay"]
+    _learn(tmp_path, *args, "--save-backbone", str(weights), name="a.json")
+    assert weights.stat().st_size > 0
+    _, reused = _learn(tmp_path, *args, "--backbone-weights", str(weights), name="b.json")
+    assert reused["backbone_weights"] == str(weights)
+    assert reused["final_accuracy"] > 0.3  # 2 experiences of 5 classes: chance is 0.1
+
+    weights.write_bytes(b"garbage")
+    result = CliRunner().invoke(cli, ["learn", *args, "--backbone-weights", str(weights)])
+    _assert_one_line_error(result, 2, "backbone.pt")

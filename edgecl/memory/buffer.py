@@ -90,6 +90,7 @@ class ClassBalancedBuffer:
 
     # -- updates ----------------------------------------------------------------------------
     def _allocate(self, dim: int) -> None:
+        self.codec.configure(dim, max_bytes=self.max_bytes)
         capacity = self.capacity_for(dim)
         if capacity == 0:
             if self.max_samples == 0:

@@ -12,10 +12,20 @@ from edgecl._registry import Registry
 
 
 class Codec:
-    """Encodes (N, D) float32 latents into a compact storage tensor and back."""
+    """Encodes (N, D) float32 latents into a compact storage tensor and back.
+
+    Life cycle, driven by the buffer: ``configure(dim, max_bytes=...)`` once, before storage
+    is allocated (a codec may size its parameters, e.g. a codebook, to the byte budget);
+    ``fit(latents)`` on the first latents offered if ``is_fitted`` is False; then
+    ``encode``/``decode`` any number of times.
+    """
 
     name = "codec"
     storage_dtype: torch.dtype = torch.float32
+
+    def configure(self, dim: int, *, max_bytes: int | None) -> None:
+        """Choose shape parameters for latents of ``dim`` values within ``max_bytes``
+        (codec parameters included); a no-op by default."""
 
     def fit(self, latents: torch.Tensor) -> None:
         """Fit any parameters (scales, codebooks) on sample latents; a no-op by default."""
@@ -40,6 +50,13 @@ class Codec:
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Fitted parameters as tensors (for checkpoints); empty by default."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what ``state_dict`` returned."""
 
 
 CODECS: Registry[Codec] = Registry("codec")

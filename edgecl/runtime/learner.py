@@ -10,8 +10,11 @@ pretrained one is passed, and frozen below the latent layer afterwards.
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -130,6 +133,55 @@ class Learner:
             raise UsageError("the backbone is already pretrained and frozen")
         xt, yt = self._check_batch(x, y)
         self._pretrain(xt, yt)
+        self._split_and_freeze()
+
+    def save_backbone(self, path: str | os.PathLike[str]) -> None:
+        """Write the network's weights (a plain tensor state dict) for ``load_backbone``.
+
+        Written atomically: a crash leaves either the old file or the new one, never half.
+        """
+        if not self.is_pretrained:
+            raise UsageError("nothing to save yet: the backbone is not pretrained")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        try:
+            torch.save(self.model.state_dict(), tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load_backbone(self, path: str | os.PathLike[str]) -> None:
+        """Load pretrained weights (from ``save_backbone`` or a ``state_dict`` of the same
+        architecture) and freeze below the latent layer; no pretraining then happens."""
+        if self.is_pretrained:
+            raise UsageError("the backbone is already pretrained; load weights before learning")
+        try:
+            # weights_only: an untrusted file cannot run code while it loads.
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise UsageError(f"backbone weights {path}: no such file") from None
+        except Exception as error:  # truncated, not a torch file, pickled code objects ...
+            raise UsageError(f"backbone weights {path}: not a readable weights file "
+                             f"({type(error).__name__})") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                                  for v in state.values()):
+            raise UsageError(f"backbone weights {path}: expected a state dict of tensors")
+        own = self.model.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+        if missing or unexpected or wrong:
+            detail = (f"missing {missing[:3]}" if missing else
+                      f"unexpected {unexpected[:3]}" if unexpected else
+                      f"shape of {wrong[0]} is {tuple(state[wrong[0]].shape)}, "
+                      f"expected {tuple(own[wrong[0]].shape)}")
+            raise UsageError(f"backbone weights {path} do not fit the {self.backbone.name} "
+                             f"backbone for inputs {self.input_shape} and {self.n_classes} "
+                             f"classes: {detail}")
+        self.model.load_state_dict(state)
         self._split_and_freeze()
 
     def learn_many(self, x: np.ndarray, y: np.ndarray, *, epochs: int | None = None) -> None:

@@ -40,6 +40,8 @@ class RunSpec:
     update_budget_ms: float | None = None  # None: the profile's update_ms
     backend: str = "torch"
     online_batch_size: int = 1
+    backbone_weights: str | None = None  # load a pretrained network instead of pretraining
+    save_backbone: str | None = None     # write the network's weights at the end of the run
     config: LearnerConfig = field(default_factory=LearnerConfig)
 
 
@@ -59,6 +61,7 @@ def _report_skeleton(spec: RunSpec, profile: Profile, device: str) -> dict[str, 
         "seed": spec.seed,
         "backend": spec.backend,
         "device": device,
+        "backbone_weights": spec.backbone_weights,
     }
 
 
@@ -75,8 +78,16 @@ def iter_run(spec: RunSpec) -> Iterator[dict[str, object]]:
     device, warning = resolve_torch_device(profile)
     if warning:
         warnings.append(warning)
+    threads_before = torch.get_num_threads()
     torch.set_num_threads(max(1, min(profile.device.threads, os.cpu_count() or 1)))
+    try:
+        yield from _run_stream(spec, profile, device, warnings, started)
+    finally:
+        torch.set_num_threads(threads_before)
 
+
+def _run_stream(spec: RunSpec, profile: Profile, device: str, warnings: list[str],
+                started: float) -> Iterator[dict[str, object]]:
     dataset = load_dataset(spec.dataset, seed=spec.seed)
     batch = {"batch_size": spec.online_batch_size} if spec.scenario == "online" else {}
     scenario = build_scenario(spec.scenario, dataset, n_experiences=spec.n_experiences,
@@ -90,6 +101,8 @@ def iter_run(spec: RunSpec) -> Iterator[dict[str, object]]:
                               "codec": spec.codec})
     learner = Learner(strategy=spec.strategy, input_shape=scenario.input_shape,
                       n_classes=scenario.n_classes, config=config, device=device, seed=spec.seed)
+    if spec.backbone_weights is not None:
+        learner.load_backbone(spec.backbone_weights)
     experiences = scenario.experiences
     total = sum(len(e.y) for e in experiences)
     yield {"event": "start", "total_samples": total, "warnings": warnings,
@@ -138,6 +151,8 @@ def iter_run(spec: RunSpec) -> Iterator[dict[str, object]]:
         "warnings": warnings,
         "wall_s": time.perf_counter() - started,
     })
+    if spec.save_backbone is not None:
+        learner.save_backbone(spec.save_backbone)
     yield {"event": "done", "report": report}
 
 

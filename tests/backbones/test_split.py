@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -20,15 +18,6 @@ CASES = {
     # width_mult 0.25 keeps every block at 8..256 channels: the full depth, but fast.
     "mobilenet": ("mobilenet", (3, 32, 32), {"width_mult": 0.25}, "pw5_relu", 10),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    # Tiny models: extra threads cost more than they save, above all on a shared 2-core box.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def build(case: str) -> tuple[Backbone, torch.Tensor]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,15 +43,6 @@ def blobs(classes: list[int], n: int, seed: int) -> tuple[np.ndarray, np.ndarray
 
 STREAM = [Experience(*blobs(c, 40, seed=i), *blobs(c, 20, seed=10 + i))
           for i, c in enumerate([[0, 1], [2, 3]])]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    # Tiny models: extra threads cost more than they save, above all on a shared 2-core box.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_learner(name: str, *, seed: int = 0) -> Learner:
