@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from edgecl._registry import Registry
 from edgecl.errors import BudgetError, UsageError
 from edgecl.memory.codecs import Codec, Float32Codec
 
@@ -15,6 +17,32 @@ _LABEL_DTYPE = torch.int16
 _MAX_LABEL = torch.iinfo(_LABEL_DTYPE).max
 
 
+class ReplayBuffer(Protocol):
+    """What the learner needs from a replay buffer (class-balanced, ExStream, ...)."""
+
+    codec: Codec
+
+    def reserve(self, dim: int) -> None: ...
+    def add(self, latents: torch.Tensor, labels: torch.Tensor) -> None: ...
+    def sample(self, n: int, generator: torch.Generator | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def all(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def class_counts(self) -> dict[int, int]: ...
+    def stats(self) -> dict[str, object]: ...
+    def __len__(self) -> int: ...
+
+
+BUFFERS: Registry[ReplayBuffer] = Registry("replay buffer")
+
+
+def create_buffer(kind: str, *, max_samples: int | None, max_bytes: int | None, codec: Codec,
+                  seed: int = 0) -> ReplayBuffer:
+    """Build a registered buffer (``class-balanced``, ``exstream``) with its limits."""
+    return BUFFERS.create(kind, max_samples=max_samples, max_bytes=max_bytes, codec=codec,
+                          seed=seed)
+
+
+@BUFFERS.register("class-balanced")
 class ClassBalancedBuffer:
     """Stores encoded latents; when full, evicts from the largest class to keep balance.
 
@@ -176,6 +204,7 @@ class ClassBalancedBuffer:
             "n_stored": self._size,
             "capacity": self.capacity,
             "codec": self.codec.name,
+            "buffer": "class-balanced",
         }
 
 

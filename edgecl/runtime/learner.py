@@ -30,7 +30,7 @@ from edgecl.backbones import (
     split_model,
 )
 from edgecl.errors import DataError, UsageError
-from edgecl.memory import ClassBalancedBuffer, create_codec
+from edgecl.memory import ReplayBuffer, create_buffer, create_codec
 from edgecl.runtime.timing import StageTimer
 from edgecl.strategies import Strategy, UpdateContext, create_strategy
 
@@ -49,7 +49,8 @@ class LearnerConfig:
     pretrain_lr: float = 1e-3       # Adam: robust without tuning on small first batches
     replay_samples: int | None = 200  # replay capacity in samples (None: bytes only)
     replay_bytes: int | None = None   # replay capacity in bytes (None: samples only)
-    codec: str = "fp32"
+    codec: str | None = None          # replay storage; None: the strategy's codec, else fp32
+    quantize_eval: bool | None = None  # evaluate through the codec; None: the strategy decides
     batch_renorm: bool = True       # BatchRenorm instead of BatchNorm in the head
     eval_batch_size: int = 512
 
@@ -108,11 +109,13 @@ class Learner:
         self.latent_shape = self._probe_latent_shape()
         self._generator = torch.Generator().manual_seed(seed)
         self.timer = StageTimer()
-        self.buffer: ClassBalancedBuffer | None = None
+        self.buffer: ReplayBuffer | None = None
+        self.codec_name = self.config.codec or self.strategy.codec or "fp32"
         if self.strategy.uses_replay:
-            self.buffer = ClassBalancedBuffer(
-                max_samples=self.config.replay_samples, max_bytes=self.config.replay_bytes,
-                codec=create_codec(self.config.codec), seed=seed)
+            self.buffer = create_buffer(
+                self.strategy.buffer_kind, max_samples=self.config.replay_samples,
+                max_bytes=self.config.replay_bytes, codec=create_codec(self.codec_name),
+                seed=seed)
             # Fail now, before any training, if not even one latent fits the budget.
             self.buffer.reserve(math.prod(self.latent_shape))
         self.n_updates = 0      # learn calls completed (an experience or an online mini-batch)
@@ -197,7 +200,9 @@ class Learner:
             self._split_and_freeze()
         with self.timer.stage("backbone"):
             latents = self._latents(xt)
-        self._update(latents, yt, epochs=epochs if epochs is not None else self.config.epochs)
+        if epochs is None:
+            epochs = self.strategy.step_plan.epochs or self.config.epochs
+        self._update(latents, yt, epochs=epochs)
 
     def learn_one(self, x: np.ndarray, y: int) -> None:
         """Learn one sample (one pass, mixed with replay when the strategy replays)."""
@@ -227,7 +232,7 @@ class Learner:
     def memory_stats(self) -> dict[str, object]:
         stats = (self.buffer.stats() if self.buffer is not None else
                  {"buffer_bytes": 0, "bytes_per_sample": 0, "n_stored": 0, "capacity": 0,
-                  "codec": self.config.codec})
+                  "codec": self.codec_name})
         stats["strategy_state_bytes"] = self.strategy.state_bytes()
         stats["peak_rss_mb"] = self.timer.peak_rss_bytes / 2**20
         return stats
@@ -297,10 +302,22 @@ class Learner:
                   for i in range(0, len(x), self.config.eval_batch_size)]
         return torch.cat(chunks)
 
+    @property
+    def quantizes_eval(self) -> bool:
+        wanted = (self.config.quantize_eval if self.config.quantize_eval is not None
+                  else self.strategy.quantize_eval)
+        return bool(wanted and self.buffer is not None and self.buffer.codec.is_fitted)
+
     @torch.no_grad()
     def _scores(self, x: torch.Tensor) -> torch.Tensor:
         self.head.eval()
-        return self.head(self._latents(x)).cpu()
+        latents = self._latents(x)
+        if self.quantizes_eval:
+            # As REMIND: the head sees test latents as it sees replayed ones.
+            codec = self.buffer.codec
+            flat = latents.reshape(len(latents), -1)
+            latents = codec.decode(codec.encode(flat)).view_as(latents)
+        return self.head(latents).cpu()
 
     def _train_forward(self, batch: torch.Tensor) -> torch.Tensor:
         if len(batch) > 1:
@@ -339,15 +356,21 @@ class Learner:
         self._set_trainable(params)
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                     weight_decay=cfg.weight_decay)
+        plan = self.strategy.step_plan
+        new_per_step = plan.new_per_step or cfg.batch_size
+        replay_per_step = (plan.replay_per_step if plan.replay_per_step is not None
+                           else cfg.replay_batch_size)
         for _ in range(epochs):
             order = torch.randperm(len(data), generator=self._generator)
-            for idx in _minibatches(order, cfg.batch_size):
+            for idx in _minibatches(order, new_per_step):
                 with self.timer.stage("update"):
                     batch_x, batch_y = data[idx], targets[idx]
-                    if replay is not None and cfg.replay_batch_size > 0:
-                        old_x, old_y = replay.sample(cfg.replay_batch_size, self._generator)
+                    if replay is not None and replay_per_step > 0:
+                        old_x, old_y = replay.sample(replay_per_step, self._generator)
                         batch_x = torch.cat([batch_x, old_x.view(-1, *self.latent_shape)])
                         batch_y = torch.cat([batch_y, old_y])
+                    batch_x, batch_y = self.strategy.augment(
+                        batch_x, batch_y, n_new=len(idx), generator=self._generator)
                     loss = F.cross_entropy(self._train_forward(batch_x), batch_y)
                     penalty = self.strategy.penalty(self.head)
                     if penalty is not None:
@@ -368,6 +391,6 @@ def _minibatches(order: torch.Tensor, size: int) -> list[torch.Tensor]:
     """Cut ``order`` into mini-batches of ``size``; a last batch of one joins the one before,
     so normalisation layers see batch statistics whenever there is more than one sample."""
     batches = list(order.split(size))
-    if len(batches) > 1 and len(batches[-1]) == 1:
+    if size > 1 and len(batches) > 1 and len(batches[-1]) == 1:
         batches[-2:] = [torch.cat(batches[-2:])]
     return batches

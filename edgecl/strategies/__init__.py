@@ -4,10 +4,18 @@
 from edgecl.strategies import ar1, baselines, cwr, replay  # noqa: F401
 from edgecl.strategies.base import (
     STRATEGIES,
+    StepPlan,
     Strategy,
     UpdateContext,
     create_strategy,
     list_strategies,
 )
 
-__all__ = ["STRATEGIES", "Strategy", "UpdateContext", "create_strategy", "list_strategies"]
+__all__ = [
+    "STRATEGIES",
+    "StepPlan",
+    "Strategy",
+    "UpdateContext",
+    "create_strategy",
+    "list_strategies",
+]

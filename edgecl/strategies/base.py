@@ -23,6 +23,15 @@ from edgecl._registry import Registry
 
 
 @dataclass(frozen=True)
+class StepPlan:
+    """How a method cuts an update into optimizer steps; None falls back to LearnerConfig."""
+
+    new_per_step: int | None = None     # new latents per step (REMIND: 1)
+    replay_per_step: int | None = None  # replayed latents per step (REMIND: 50)
+    epochs: int | None = None           # passes over the new data (streaming methods: 1)
+
+
+@dataclass(frozen=True)
 class UpdateContext:
     """What a strategy may know about the update in progress."""
 
@@ -44,6 +53,10 @@ class Strategy:
 
     name = "strategy"
     uses_replay = False  # True: the runtime keeps a replay buffer and mixes it into batches
+    buffer_kind = "class-balanced"  # which replay buffer (see edgecl.memory.BUFFERS)
+    codec: str | None = None  # the codec the method is defined with (REMIND: pq); None: any
+    quantize_eval = False  # evaluate on latents passed through the buffer's codec (REMIND)
+    step_plan = StepPlan()
 
     def configure(self, head: nn.Sequential) -> None:
         """Called once, after the backbone is split and frozen."""
@@ -60,6 +73,12 @@ class Strategy:
 
     def before_update(self, ctx: UpdateContext) -> None:
         """Before the first optimizer step of an update."""
+
+    def augment(self, latents: torch.Tensor, targets: torch.Tensor, *, n_new: int,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Transform a training batch (the first ``n_new`` rows are new data, the rest
+        replayed). Targets may become class probabilities (N, n_classes). Default: none."""
+        return latents, targets
 
     def penalty(self, head: nn.Sequential) -> torch.Tensor | None:
         """A regularisation term added to the cross-entropy loss, or None."""

@@ -200,6 +200,7 @@ def test_stats_report_fp32_latent_bytes_plus_an_int16_label() -> None:
         "n_stored": 5,
         "capacity": 8,
         "codec": "fp32",
+        "buffer": "class-balanced",
     }
     assert buffer.nbytes == 8 * 66
 
