@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from edgecl.errors import EdgeclError, UsageError
+from edgecl.memory.codecs import list_codecs
 
 
 class _LineError(click.ClickException):
@@ -135,8 +136,12 @@ def _print_table(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
               help="Replay buffer budget in MB [default: the profile's replay_mb].")
 @click.option("--replay-samples", type=int, default=200, show_default=True,
               help="Replay buffer capacity in latents, within --memory-mb; 0 for bytes only.")
-@click.option("--codec", default="fp32", show_default=True, type=click.Choice(["fp32"]),
-              help="How replayed latents are stored.")
+@click.option("--codec", default=None, type=click.Choice(list_codecs()),
+              help="How replayed latents are stored [default: the strategy's own codec "
+                   "(remind: pq), else the profile's replay_codec].")
+@click.option("--quantize-eval/--no-quantize-eval", default=None,
+              help="Pass test latents through the replay codec, so the head sees them as it "
+                   "sees replayed ones [default: the strategy decides; remind does].")
 @click.option("--update-budget-ms", type=float, default=None,
               help="Latency budget of one update in ms [default: the profile's update_ms].")
 @click.option("--backend", default="torch", show_default=True, type=click.Choice(["torch"]),
@@ -153,7 +158,8 @@ def _print_table(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Write the JSON report here.")
 def learn_command(profile: str, dataset: str, scenario: str, strategy: str, n_experiences: int,
-                  memory_mb: float | None, replay_samples: int, codec: str,
+                  memory_mb: float | None, replay_samples: int, codec: str | None,
+                  quantize_eval: bool | None,
                   update_budget_ms: float | None, backend: str, online_batch_size: int,
                   backbone_weights: str | None, save_backbone: str | None, seed: int,
                   report_path: Path | None) -> None:
@@ -181,6 +187,7 @@ def learn_command(profile: str, dataset: str, scenario: str, strategy: str, n_ex
     spec = RunSpec(profile=profile, dataset=dataset, scenario=scenario, strategy=strategy,
                    n_experiences=n_experiences, seed=seed, memory_mb=memory_mb,
                    replay_samples=replay_samples or None, codec=codec,
+                   quantize_eval=quantize_eval,
                    update_budget_ms=update_budget_ms, backend=backend,
                    online_batch_size=online_batch_size, backbone_weights=backbone_weights,
                    save_backbone=save_backbone)

@@ -20,6 +20,7 @@ A profile is a TOML file in ``edgecl/firmware_profiles/`` (a *built-in*, picked 
     memory_mb = 1024               # learner memory, at most ram_mb
     replay_mb = 16                 # replay buffer bytes, part of memory_mb
     update_ms = 50                 # latency of one update
+    replay_codec = "uint8"         # replay storage: fp32 | fp16 | uint8 | pq
 
 Every key is required and unknown keys are errors, so a typo never silently falls back to a
 default. A profile may instead be an *alias*: ``name``, ``description`` and
@@ -81,6 +82,8 @@ PROFILE_DIR = Path(__file__).resolve().parent / "firmware_profiles"
 DEFAULT_PROFILE = "cpu"
 PRECISIONS = ("fp32", "fp16", "int8")
 TORCH_DEVICES = ("cpu", "cuda")
+# Kept literal (not read from the codec registry) so that profiles parse without torch.
+REPLAY_CODECS = ("fp32", "fp16", "uint8", "pq")
 CPU_PROVIDER = "CPUExecutionProvider"
 
 # ONNX Runtime EP names, current and recently removed, to catch typos without importing
@@ -141,6 +144,7 @@ class Budget:
     memory_mb: float  # learner memory: model, optimizer state, replay buffer
     replay_mb: float  # replay buffer bytes, part of memory_mb
     update_ms: float  # latency of one update step
+    replay_codec: str  # how replayed latents are stored: fp32 | fp16 | uint8 | pq
 
 
 @dataclass(frozen=True)
@@ -482,6 +486,7 @@ _BUDGET_FIELDS = {
     "memory_mb": _POSITIVE_NUMBER,
     "replay_mb": _POSITIVE_NUMBER,
     "update_ms": _POSITIVE_NUMBER,
+    "replay_codec": _choice(REPLAY_CODECS),
 }
 _SECTIONS = ("device", "budget")
 

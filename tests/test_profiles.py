@@ -43,7 +43,7 @@ VALID: dict[str, Any] = {
         "precision": "fp32",
         "threads": 4,
     },
-    "budget": {"memory_mb": 256, "replay_mb": 8, "update_ms": 50},
+    "budget": {"memory_mb": 256, "replay_mb": 8, "update_ms": 50, "replay_codec": "uint8"},
 }
 
 

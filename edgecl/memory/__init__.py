@@ -8,11 +8,13 @@ from edgecl.memory.buffer import (
     create_buffer,
 )
 from edgecl.memory.codecs import Codec, Float32Codec, create_codec, list_codecs
+from edgecl.memory.exstream import ExStreamBuffer  # registers the "exstream" buffer
 
 __all__ = [
     "BUFFERS",
     "ClassBalancedBuffer",
     "Codec",
+    "ExStreamBuffer",
     "Float32Codec",
     "ReplayBuffer",
     "capacity_from_megabytes",

@@ -143,9 +143,9 @@ class ClassBalancedBuffer:
         flat = latents.reshape(latents.shape[0], -1)
         if len(labels) and (int(labels.min()) < 0 or int(labels.max()) > _MAX_LABEL):
             raise UsageError(f"replay labels must be in 0..{_MAX_LABEL}")
-        if self._dim is None and not self.codec.is_fitted:
-            self.codec.fit(flat)
         self.reserve(flat.shape[1])
+        if not self.codec.is_fitted:  # on the first latents offered: the first experience
+            self.codec.fit(flat)
         slots = np.full(flat.shape[0], -1, dtype=np.int64)
         for i, label in enumerate(labels.tolist()):
             slots[i] = self._choose_slot(int(label))

@@ -311,13 +311,20 @@ class Learner:
     @torch.no_grad()
     def _scores(self, x: torch.Tensor) -> torch.Tensor:
         self.head.eval()
-        latents = self._latents(x)
-        if self.quantizes_eval:
-            # As REMIND: the head sees test latents as it sees replayed ones.
-            codec = self.buffer.codec
-            flat = latents.reshape(len(latents), -1)
-            latents = codec.decode(codec.encode(flat)).view_as(latents)
-        return self.head(latents).cpu()
+        return self.head(self._through_codec(self._latents(x))).cpu()
+
+    def _through_codec(self, latents: torch.Tensor) -> torch.Tensor:
+        """With quantized evaluation on, latents as the buffer would give them back.
+
+        As REMIND does, this applies to new training latents too, so the head sees new,
+        replayed and test latents alike; otherwise it would learn new classes from exact
+        latents and be tested on their reconstructions.
+        """
+        if not self.quantizes_eval:
+            return latents
+        codec = self.buffer.codec
+        flat = latents.reshape(len(latents), -1)
+        return codec.decode(codec.encode(flat)).view_as(latents)
 
     def _train_forward(self, batch: torch.Tensor) -> torch.Tensor:
         if len(batch) > 1:
@@ -344,7 +351,7 @@ class Learner:
 
     def _update(self, latents: torch.Tensor, labels: torch.Tensor, *, epochs: int) -> None:
         cfg = self.config
-        data, targets = self.strategy.training_data(latents, labels)
+        data, targets = self.strategy.training_data(self._through_codec(latents), labels)
         replay = self.buffer if self.buffer is not None and len(self.buffer) > 0 else None
         counts = Counter(targets.tolist())
         if replay is not None:

@@ -20,6 +20,7 @@ from edgecl.errors import UsageError
 from edgecl.memory import capacity_from_megabytes
 from edgecl.profiles import Profile, load_profile, resolve_torch_device
 from edgecl.runtime.learner import Learner, LearnerConfig
+from edgecl.strategies import create_strategy
 
 BACKENDS = ("torch",)  # ONNX Runtime backends come with the export issue
 
@@ -36,7 +37,8 @@ class RunSpec:
     seed: int = 0
     memory_mb: float | None = None       # replay byte budget; None: the profile's replay_mb
     replay_samples: int | None = 200     # replay capacity in samples, on top of the bytes
-    codec: str = "fp32"
+    codec: str | None = None             # None: the strategy's codec, else the profile's
+    quantize_eval: bool | None = None    # None: the strategy decides (REMIND: yes)
     update_budget_ms: float | None = None  # None: the profile's update_ms
     backend: str = "torch"
     online_batch_size: int = 1
@@ -95,11 +97,13 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, warnings: list[str
     memory_mb = spec.memory_mb if spec.memory_mb is not None else profile.budget.replay_mb
     update_ms = (spec.update_budget_ms if spec.update_budget_ms is not None
                  else profile.budget.update_ms)
+    strategy = create_strategy(spec.strategy)
     config = LearnerConfig(**{**asdict(spec.config),
                               "replay_samples": spec.replay_samples,
                               "replay_bytes": capacity_from_megabytes(memory_mb),
-                              "codec": spec.codec})
-    learner = Learner(strategy=spec.strategy, input_shape=scenario.input_shape,
+                              "codec": spec.codec or strategy.codec or profile.budget.replay_codec,
+                              "quantize_eval": spec.quantize_eval})
+    learner = Learner(strategy=strategy, input_shape=scenario.input_shape,
                       n_classes=scenario.n_classes, config=config, device=device, seed=spec.seed)
     if spec.backbone_weights is not None:
         learner.load_backbone(spec.backbone_weights)
