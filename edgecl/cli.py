@@ -203,6 +203,8 @@ def learn_command(profile: str, dataset: str, scenario: str, strategy: str, n_ex
         for event in events:
             if event["event"] == "progress":
                 bar.update(event["samples"])
+                for warning in event["warnings"]:
+                    click.echo(f"\nwarning: {warning}", err=True)
             elif event["event"] == "experience":
                 rows.append(event)
             elif event["event"] == "done":

@@ -30,3 +30,10 @@ class BudgetError(UsageError):
 
 class CheckpointError(EdgeclError):
     """A checkpoint is missing, corrupted or does not match this learner."""
+
+
+class EdgeclWarning(UserWarning):
+    """Something degraded but the run goes on (a codec fitted on few samples, a fallback).
+
+    ``edgecl learn`` prints each as one ``warning:`` line and lists it in the report.
+    """

@@ -152,7 +152,8 @@ def test_listing_commands():
     runner = CliRunner()
     strategies = runner.invoke(cli, ["strategies"])
     assert strategies.exit_code == 0
-    for name in ("naive", "cumulative", "latent-replay", "cwr", "cwr*", "ar1*"):
+    for name in ("naive", "cumulative", "latent-replay", "cwr", "cwr*", "ar1*", "remind",
+                 "exstream"):
         assert f"\n{name} " in "\n" + strategies.stdout
     profiles = runner.invoke(cli, ["profiles"])
     assert profiles.exit_code == 0
@@ -183,3 +184,25 @@ def test_backbone_saved_by_one_run_is_reused_by_the_next(tmp_path):
     weights.write_bytes(b"garbage")
     result = CliRunner().invoke(cli, ["learn", *args, "--backbone-weights", str(weights)])
     _assert_one_line_error(result, 2, "backbone.pt")
+
+
+def test_pq_codec_under_a_tenth_of_a_megabyte(tmp_path):
+    """Issue 3's acceptance run: PQ latents in 0.1 MB, codebooks included."""
+    _, report = _learn(tmp_path, "--dataset", "digits", "--codec", "pq", "--memory-mb", "0.1",
+                       "--replay-samples", "0", "--strategy", "latent-replay")
+    memory = report["memory"]
+    assert memory["codec"] == "pq"
+    assert memory["buffer_bytes"] <= 0.1 * 2**20
+    # 1024-d latents: fp32 would hold (0.1 MB / 4098 B) = 25 of them; PQ holds many more.
+    assert memory["bytes_per_sample"] < 4098 / 32
+    assert memory["n_stored"] > 10 * 25
+
+
+def test_profile_chooses_the_codec_unless_the_run_does(tmp_path):
+    args = ["--dataset", "mnist1d:300", "--experiences", "2", "--strategy", "latent-replay"]
+    _, board = _learn(tmp_path, *args, "--profile", "rpi4", name="rpi4.json")
+    assert board["memory"]["codec"] == "uint8"
+    _, chosen = _learn(tmp_path, *args, "--profile", "rpi4", "--codec", "fp16", name="f.json")
+    assert chosen["memory"]["codec"] == "fp16"
+    _, remind = _learn(tmp_path, *args[:-1], "remind", name="remind.json")
+    assert remind["memory"]["codec"] == "pq"  # the method's own codec beats the profile's

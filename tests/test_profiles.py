@@ -153,7 +153,7 @@ def test_load_from_explicit_path(tmp_path: Path) -> None:
         assert profile.name == "board" and profile.path == path
         assert profile.device == DeviceSpec(4, 2048, 10.5, 12.8, "cpu", ("CPUExecutionProvider",),
                                             "fp32", 4)
-        assert profile.budget == Budget(256.0, 8.0, 50.0)
+        assert profile.budget == Budget(256.0, 8.0, 50.0, "uint8")
 
 
 def test_parse_profile_without_a_file() -> None:

@@ -8,9 +8,8 @@ A codec is a pluggable piece of the buffer. Registered here:
   Pellegrini et al. 2020, which costs about a quarter point of accuracy at 4x less memory).
 - ``pq``: product quantization (Jégou et al. 2011), one byte per sub-vector of 16 values, as
   in REMIND (Hayes et al. 2020): 32 bytes for a 512-d latent, 64x smaller than fp32.
-
-Optimized product quantization (OPQ, a learned rotation before PQ) was measured and left
-out: see :class:`ProductQuantizationCodec`.
+- ``opq``: pq after a learned rotation (Ge et al. 2013): the same codes, a third to two
+  thirds less error on correlated latents, for a D x D matrix and a matmul each way.
 """
 
 from __future__ import annotations
@@ -23,10 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from edgecl._registry import Registry
-from edgecl.errors import BudgetError, CheckpointError, DataError, UsageError
+from edgecl.errors import BudgetError, CheckpointError, DataError, EdgeclWarning, UsageError
 
 
-class CodecWarning(UserWarning):
+class CodecWarning(EdgeclWarning):
     """A codec had to settle for less than it was configured for (e.g. fewer centroids)."""
 
 
@@ -279,7 +278,7 @@ def _nearest_centroids(x: torch.Tensor, codebooks: torch.Tensor, *, with_distanc
     n = x.shape[0]
     # ||x - c||^2 = ||x||^2 - 2 (x.c - ||c||^2 / 2): the nearest centroid has the largest
     # score x.c - ||c||^2 / 2, which one bmm gives when x carries a trailing 1 and each
-    # centroid its -||c||^2 / 2 (no separate broadcast add over the (M, N, K) block).
+    # centroid its -||c||^2 / 2 (no separate broadcast add over the (M, rows, K) block).
     half_sq = -0.5 * (codebooks * codebooks).sum(-1, keepdim=True)  # (M, K, 1)
     scorer = torch.cat([codebooks, half_sq], 2).transpose(1, 2).contiguous()  # (M, s + 1, K)
     rows = max(1, min(n, _DISTANCE_BLOCK // (m * k)))
@@ -305,6 +304,13 @@ def _nearest_centroids(x: torch.Tensor, codebooks: torch.Tensor, *, with_distanc
     return codes, np.maximum(x_sq - 2 * best, 0)
 
 
+def _lookup(codebooks: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Centroids named by codes (N, M) in codebooks (M, K, s), as rows (N, M * s)."""
+    m, k, s = codebooks.shape
+    index = codes.to(torch.int64) + torch.arange(m) * k  # rows of the (M*K, s) flat view
+    return codebooks.view(m * k, s).index_select(0, index.view(-1)).view(-1, m * s)
+
+
 def _largest_power_of_two(n: int) -> int:
     return 1 << (n.bit_length() - 1)
 
@@ -324,9 +330,9 @@ class ProductQuantizationCodec(Codec):
     against the buffer's bytes. ``configure`` picks K as the largest power of two in
     2..``max_centroids`` whose codebooks take at most half of ``max_bytes`` (no budget:
     ``max_centroids``), so that at least half the budget is left for codes; BudgetError if
-    not even K=2 fits. E.g. 0.1 MB for 1024-d latents gives K=8 (32 KiB of codebooks) and
-    about 1,000 samples of 64 bytes, against 25 latents in fp32. Codes stay one byte even
-    when K < 256 (no bit packing).
+    not even K=2 fits. E.g. 0.1 MiB for 1024-d latents gives K=8 (32 KiB of codebooks) and
+    1,092 samples of 64 bytes (+2 for the label), against 25 latents in fp32. Codes stay
+    one byte even when K < 256 (no bit packing).
 
     Fitting: k-means over all M sub-spaces at once, initialized on K distinct fit latents
     drawn with a generator seeded by ``seed``, for up to ``iterations`` Lloyd steps or until
@@ -335,11 +341,6 @@ class ProductQuantizationCodec(Codec):
     they allow (a CodecWarning says so); fewer than 2 raise DataError. If ``fit`` comes
     before ``configure``, the data is kept and the codebooks are learned at ``configure``,
     once K is known (or at the first encode, with ``max_centroids``).
-
-    Not added: OPQ (a learned rotation before PQ). On ReLU latents of a random MLP over
-    MNIST-1D and on low-rank synthetic latents, it cut the reconstruction MSE by less than
-    the 15% that would pay for its D*D*4 bytes of rotation (1 MiB at 512-d, twice the
-    codebooks); see the codec report for the numbers.
     """
 
     name = "pq"
@@ -348,12 +349,12 @@ class ProductQuantizationCodec(Codec):
     def __init__(self, *, sub_dim: int = 16, max_centroids: int = 256, iterations: int = 20,
                  seed: int = 0) -> None:
         if sub_dim < 1:
-            raise UsageError(f"codec pq: sub_dim must be >= 1, got {sub_dim}")
+            raise UsageError(f"codec {self.name}: sub_dim must be >= 1, got {sub_dim}")
         if not 2 <= max_centroids <= 256:
-            raise UsageError("codec pq: max_centroids must be in 2..256 (codes are one byte), "
-                             f"got {max_centroids}")
+            raise UsageError(f"codec {self.name}: max_centroids must be in 2..256 (codes are "
+                             f"one byte), got {max_centroids}")
         if iterations < 1:
-            raise UsageError(f"codec pq: iterations must be >= 1, got {iterations}")
+            raise UsageError(f"codec {self.name}: iterations must be >= 1, got {iterations}")
         self.sub_dim = sub_dim
         self.max_centroids = max_centroids
         self.iterations = iterations
@@ -367,20 +368,26 @@ class ProductQuantizationCodec(Codec):
     def code_width(self, dim: int) -> int:
         return -(-dim // self.sub_dim)
 
+    def _fixed_overhead(self, dim: int) -> tuple[int, str]:
+        """Bytes held besides the codebooks for ``dim``-value latents, and what they are."""
+        return 0, ""
+
     def centroids_for_budget(self, dim: int, max_bytes: int | None) -> int:
         """K for latents of ``dim`` values: the largest power of two in 2..max_centroids whose
-        codebooks take at most half of ``max_bytes``; BudgetError if none does."""
+        codebooks (and any fixed overhead) take at most half of ``max_bytes``; BudgetError if
+        none does."""
         k = _largest_power_of_two(self.max_centroids)
         if max_bytes is None:
             return k
         padded = self.code_width(dim) * self.sub_dim
-        while k >= 2 and 2 * 4 * k * padded > max_bytes:
+        fixed, what = self._fixed_overhead(dim)
+        while k >= 2 and 2 * (fixed + 4 * k * padded) > max_bytes:
             k //= 2
         if k < 2:
             raise BudgetError(
-                f"codec pq: the smallest codebooks (2 centroids x {padded} values, float32) "
-                f"need {8 * padded} bytes, more than half of the {max_bytes}-byte replay "
-                "budget; raise --memory-mb or use --codec uint8")
+                f"codec {self.name}: {what}the smallest codebooks (2 centroids x {padded} "
+                f"values, float32) need {fixed + 8 * padded} bytes, more than half of the "
+                f"{max_bytes}-byte replay budget; raise --memory-mb or use --codec uint8")
         return k
 
     @property
@@ -396,19 +403,21 @@ class ProductQuantizationCodec(Codec):
 
     def overhead_bytes(self) -> int:
         if self._codebooks is not None:
-            return self._codebooks.nbytes
+            return self._codebooks.nbytes + self._fixed_overhead(self._dim)[0]
         if self._planned_k is not None:
-            return 4 * self._planned_k * self.code_width(self._dim) * self.sub_dim
+            padded = self.code_width(self._dim) * self.sub_dim
+            return 4 * self._planned_k * padded + self._fixed_overhead(self._dim)[0]
         return 0
 
     def configure(self, dim: int, *, max_bytes: int | None) -> None:
         k = self.centroids_for_budget(dim, max_bytes)
         if self.is_fitted and dim != self._dim:
-            raise UsageError(f"codec pq is fitted on latents of {self._dim} values, not {dim}")
+            raise UsageError(f"codec {self.name} is fitted on latents of {self._dim} values, "
+                             f"not {dim}")
         if self._codebooks is not None and self._codebooks.shape[1] > k:
             raise BudgetError(
-                f"codec pq: its codebooks ({self._codebooks.shape[1]} centroids, "
-                f"{self._codebooks.nbytes} bytes) take more than half of the {max_bytes}-byte "
+                f"codec {self.name}: its parameters ({self._codebooks.shape[1]} centroids, "
+                f"{self.overhead_bytes()} bytes) take more than half of the {max_bytes}-byte "
                 f"replay budget, which allows {k} centroids; raise --memory-mb")
         self._dim, self._planned_k = dim, k
         if self._pending is not None:
@@ -419,7 +428,7 @@ class ProductQuantizationCodec(Codec):
     def fit(self, latents: torch.Tensor) -> None:
         x = self._validated(latents, action="fit", min_rows=2)
         if self._planned_k is not None and x.shape[1] != self._dim:
-            raise DataError(f"codec pq: fit data has {x.shape[1]} values per latent, "
+            raise DataError(f"codec {self.name}: fit data has {x.shape[1]} values per latent, "
                             f"configured for {self._dim}")
         self._codebooks = None
         if self._planned_k is None:
@@ -430,35 +439,49 @@ class ProductQuantizationCodec(Codec):
         self._fit_now(x)
 
     def _fit_now(self, x: torch.Tensor) -> None:
-        n, dim = x.shape
-        m, s = self.code_width(dim), self.sub_dim
-        x = F.pad(x, (0, m * s - dim))  # (N, M*s), padded values zero
-        distinct = torch.unique(x, dim=0)
-        k = self._planned_k or _largest_power_of_two(self.max_centroids)
-        if distinct.shape[0] < 2:
-            raise DataError("codec pq: fit data has 1 distinct latent; codebooks need at "
-                            "least 2 (fit on more varied latents)")
-        if distinct.shape[0] < k:
-            fewer = _largest_power_of_two(distinct.shape[0])
-            warnings.warn(
-                f"codec pq: fit data has {distinct.shape[0]} distinct latents (of {n}), fewer "
-                f"than the {k} centroids planned; using {fewer} centroids per sub-space "
-                "(fit on more latents for better reconstructions)", CodecWarning, stacklevel=3)
-            k = fewer
+        distinct, k = self._distinct_rows(x)
         generator = torch.Generator().manual_seed(self.seed)
+        padded = self._padded(x)
         start = distinct[torch.randperm(distinct.shape[0], generator=generator)[:k]]
-        codebooks = start.view(k, m, s).transpose(0, 1).contiguous()  # (M, K, s)
-        codebooks = self._lloyd(x, codebooks)
-        self._codebooks, self._dim = codebooks, dim
+        self._codebooks = self._lloyd(padded, self._as_codebooks(padded[start]), self.iterations)
 
-    def _lloyd(self, x: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
+    def _padded(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) rows zero-padded to (N, M * sub_dim), contiguous."""
+        extra = self.code_width(x.shape[1]) * self.sub_dim - x.shape[1]
+        return F.pad(x, (0, extra)) if extra else x.contiguous()
+
+    def _as_codebooks(self, rows: torch.Tensor) -> torch.Tensor:
+        """Padded rows (K, M*s) as codebooks (M, K, s): row j gives centroid j of each."""
+        return rows.view(rows.shape[0], -1, self.sub_dim).transpose(0, 1).contiguous()
+
+    def _distinct_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Index of one row per distinct latent of x (N, D), and the K they allow: as
+        configured, or fewer (with a CodecWarning) if there are fewer distinct latents."""
+        n = x.shape[0]
+        distinct, inverse = torch.unique(x, dim=0, return_inverse=True)
+        first = torch.full((distinct.shape[0],), n).scatter_reduce_(
+            0, inverse, torch.arange(n), "amin")  # first row holding each distinct latent
+        k = self._planned_k or _largest_power_of_two(self.max_centroids)
+        if first.shape[0] < 2:
+            raise DataError(f"codec {self.name}: fit data has 1 distinct latent; codebooks "
+                            "need at least 2 (fit on more varied latents)")
+        if first.shape[0] < k:
+            fewer = _largest_power_of_two(first.shape[0])
+            warnings.warn(
+                f"codec {self.name}: fit data has {first.shape[0]} distinct latents (of {n}), "
+                f"fewer than the {k} centroids planned; using {fewer} centroids per sub-space "
+                "(fit on more latents for better reconstructions)", CodecWarning, stacklevel=4)
+            k = fewer
+        return first, k
+
+    def _lloyd(self, x: torch.Tensor, codebooks: torch.Tensor, iterations: int) -> torch.Tensor:
         """k-means on x (N, M*s) in every sub-space at once, from codebooks (M, K, s)."""
         m, k, s = codebooks.shape
         n = x.shape[0]
         points = x.view(n * m, s)  # row i*M + j: sub-vector j of latent i
         first = torch.arange(m) * k  # offset of each sub-space's centroids in (M*K, s)
         previous = None
-        for _ in range(self.iterations):
+        for _ in range(iterations):
             codes, dist = _nearest_centroids(x, codebooks, with_distances=True)
             assign = torch.from_numpy(codes).long()  # (N, M)
             if previous is not None and torch.equal(assign, previous):
@@ -467,7 +490,7 @@ class ProductQuantizationCodec(Codec):
             slot = (assign + first).view(-1)  # (N*M,) index into (M*K, s)
             sums = torch.zeros(m * k, s).index_add_(0, slot, points)
             counts = torch.bincount(slot, minlength=m * k).view(m, k)
-            codebooks = (sums.view(m, k, s) / counts.clamp_min(1).unsqueeze(-1))
+            codebooks = sums.view(m, k, s) / counts.clamp_min(1).unsqueeze(-1)
             empty = counts == 0
             if bool(empty.any()):
                 # The j-th empty cluster of a sub-space takes its j-th farthest point.
@@ -486,30 +509,35 @@ class ProductQuantizationCodec(Codec):
         return self._codebooks
 
     # -- coding -----------------------------------------------------------------------------
+    def _to_code_space(self, x: torch.Tensor) -> torch.Tensor:
+        """Latents (N, D) as the space the codebooks quantize (OPQ rotates them)."""
+        return x
+
+    def _from_code_space(self, y: torch.Tensor) -> torch.Tensor:
+        return y
+
     def encode(self, latents: torch.Tensor) -> torch.Tensor:
         codebooks = self._ready_codebooks()
         x = self._validated(latents, action="encode")
         if x.shape[1] != self._dim:
-            raise DataError(f"codec pq: got latents of {x.shape[1]} values, fitted on "
-                            f"{self._dim}")
-        m, _, s = codebooks.shape
-        x = F.pad(x, (0, m * s - self._dim)) if m * s != self._dim else x.contiguous()
-        codes, _ = _nearest_centroids(x, codebooks)
+            raise DataError(f"codec {self.name}: got latents of {x.shape[1]} values, fitted "
+                            f"on {self._dim}")
+        codes, _ = _nearest_centroids(self._padded(self._to_code_space(x)), codebooks)
         return torch.from_numpy(codes)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         codebooks = self._ready_codebooks()
-        m, k, s = codebooks.shape
+        m, k, _ = codebooks.shape
         if codes.ndim != 2 or codes.shape[1] != m:
-            raise DataError(f"codec pq: decode expects (N, {m}) codes, got shape "
+            raise DataError(f"codec {self.name}: decode expects (N, {m}) codes, got shape "
                             f"{tuple(codes.shape)}")
-        index = codes.to(torch.int64)
-        if index.numel() and int(index.max()) >= k:
-            raise DataError(f"codec pq: codes must be below {k} (the number of centroids); "
-                            "they do not come from this codec")
-        index += torch.arange(m) * k  # (N, M) rows of the (M*K, s) flattened codebooks
-        out = codebooks.view(m * k, s).index_select(0, index.view(-1)).view(-1, m * s)
-        return out if m * s == self._dim else out[:, : self._dim].contiguous()
+        if codes.numel() and int(codes.max()) >= k:
+            raise DataError(f"codec {self.name}: codes must be below {k} (the number of "
+                            "centroids); they do not come from this codec")
+        out = _lookup(codebooks, codes)
+        if out.shape[1] != self._dim:
+            out = out[:, : self._dim].contiguous()
+        return self._from_code_space(out)
 
     # -- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -519,8 +547,9 @@ class ProductQuantizationCodec(Codec):
         return {"codebooks": codebooks.clone(), "dim": torch.tensor(self._dim)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self._pending = None
         if not state:
-            self._codebooks = self._pending = None
+            self._codebooks = None
             return
         codebooks, dim = state.get("codebooks"), state.get("dim")
         if (codebooks is None or dim is None or codebooks.ndim != 3
@@ -528,12 +557,93 @@ class ProductQuantizationCodec(Codec):
                 or self.code_width(int(dim)) != codebooks.shape[0]
                 or not bool(torch.isfinite(codebooks).all())):
             raise CheckpointError(
-                "codec pq: state needs 'codebooks' (M, K <= 256, sub_dim="
+                f"codec {self.name}: state needs 'codebooks' (M, K <= 256, sub_dim="
                 f"{self.sub_dim}) and 'dim' with M = ceil(dim / sub_dim); got keys "
                 f"{sorted(state)}")
         self._codebooks = codebooks.to(torch.float32).clone().contiguous()
         self._dim = int(dim)
-        self._pending = None
+
+
+@CODECS.register("opq")
+class OptimizedProductQuantizationCodec(ProductQuantizationCodec):
+    """PQ after a learned rotation (OPQ-NP, Ge et al. 2013): same codes, less error.
+
+    Latents are multiplied by an orthogonal D x D matrix R before product quantization and
+    by R^T after decoding. R is learned by alternating, ``rotation_iterations`` times, two
+    Lloyd steps on the rotated fit latents (from freshly drawn latents each time) with the
+    Procrustes solution R = U V^T of X^T Y = U S V^T (Y: their reconstructions), starting
+    from the identity. The rotation spreads correlated directions evenly over the
+    sub-spaces, which plain PQ would encode redundantly in each.
+
+    Measured against pq at the same 32 bytes per 512-d latent (fit on 2,000 latents, tested
+    on 4,000 others), relative MSE with K=256 / K=16 centroids: ReLU features of a random
+    2-layer MLP on MNIST-1D 0.30 -> 0.17 / 0.49 -> 0.22; low-rank data (scikit-learn's
+    make_low_rank_matrix, effective rank 10) 0.47 -> 0.12 / 0.63 -> 0.19; its ReLU
+    0.39 -> 0.30 / 0.58 -> 0.38.
+
+    Costs: R is D*D float32 (1 MiB at 512-d, twice the 256-centroid codebooks), counted in
+    the budget (codebooks and R together take at most half of ``max_bytes``); encoding and
+    decoding each add an (N, D) x (D, D) matmul; fitting takes about 5x pq's time.
+    """
+
+    name = "opq"
+    _INNER_ITERATIONS = 2  # Lloyd steps between rotation updates: more updates pay off more
+
+    def __init__(self, *, sub_dim: int = 16, max_centroids: int = 256, iterations: int = 20,
+                 rotation_iterations: int = 16, seed: int = 0) -> None:
+        super().__init__(sub_dim=sub_dim, max_centroids=max_centroids, iterations=iterations,
+                         seed=seed)
+        if rotation_iterations < 1:
+            raise UsageError(f"codec opq: rotation_iterations must be >= 1, got "
+                             f"{rotation_iterations}")
+        self.rotation_iterations = rotation_iterations
+        self._rotation: torch.Tensor | None = None  # (D, D) orthogonal
+
+    def _fixed_overhead(self, dim: int) -> tuple[int, str]:
+        return 4 * dim * dim, f"the {dim} x {dim} float32 rotation and "
+
+    def _fit_now(self, x: torch.Tensor) -> None:
+        dim = x.shape[1]
+        distinct, k = self._distinct_rows(x)
+        generator = torch.Generator().manual_seed(self.seed)
+        rotation = torch.eye(dim)
+        for _ in range(self.rotation_iterations):
+            rotated = self._padded(x @ rotation)
+            # Codebooks learned for the previous rotation do not fit this one: start afresh,
+            # from other latents each time (reusing the same ones cost 15% more error).
+            start = distinct[torch.randperm(distinct.shape[0], generator=generator)[:k]]
+            codebooks = self._lloyd(rotated, self._as_codebooks(rotated[start]),
+                                    self._INNER_ITERATIONS)
+            codes, _ = _nearest_centroids(rotated, codebooks)
+            reconstructed = _lookup(codebooks, torch.from_numpy(codes))[:, :dim]
+            # Orthogonal Procrustes: the R minimizing ||X R - Y|| is U V^T, X^T Y = U S V^T.
+            u, _, vt = torch.linalg.svd(x.T @ reconstructed)
+            rotation = u @ vt
+        # The rotation changes little by now: its last codebooks are a fair start.
+        self._codebooks = self._lloyd(self._padded(x @ rotation), codebooks, self.iterations)
+        self._rotation = rotation.contiguous()
+
+    def _to_code_space(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self._rotation
+
+    def _from_code_space(self, y: torch.Tensor) -> torch.Tensor:
+        return y @ self._rotation.T
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = super().state_dict()
+        if state:
+            state["rotation"] = self._rotation.clone()
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        rotation = state.get("rotation")
+        if state and (rotation is None or rotation.ndim != 2
+                      or rotation.shape != (int(state.get("dim", -1)),) * 2
+                      or not bool(torch.isfinite(rotation).all())):
+            raise CheckpointError("codec opq: state needs a (dim, dim) 'rotation' besides "
+                                  f"'codebooks' and 'dim'; got keys {sorted(state)}")
+        super().load_state_dict(state)
+        self._rotation = rotation.to(torch.float32).clone() if state else None
 
 
 def create_codec(name: str) -> Codec:

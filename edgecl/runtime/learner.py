@@ -351,6 +351,9 @@ class Learner:
 
     def _update(self, latents: torch.Tensor, labels: torch.Tensor, *, epochs: int) -> None:
         cfg = self.config
+        if self.buffer is not None and not self.buffer.codec.is_fitted:
+            # Codecs are fitted on the first update's latents (the first experience).
+            self.buffer.codec.fit(latents.reshape(len(latents), -1))
         data, targets = self.strategy.training_data(self._through_codec(latents), labels)
         replay = self.buffer if self.buffer is not None and len(self.buffer) > 0 else None
         counts = Counter(targets.tolist())
@@ -372,8 +375,8 @@ class Learner:
             for idx in _minibatches(order, new_per_step):
                 with self.timer.stage("update"):
                     batch_x, batch_y = data[idx], targets[idx]
-                    if replay is not None and replay_per_step > 0:
-                        old_x, old_y = replay.sample(replay_per_step, self._generator)
+                    if replay_per_step > 0 and self.buffer is not None and len(self.buffer):
+                        old_x, old_y = self.buffer.sample(replay_per_step, self._generator)
                         batch_x = torch.cat([batch_x, old_x.view(-1, *self.latent_shape)])
                         batch_y = torch.cat([batch_y, old_y])
                     batch_x, batch_y = self.strategy.augment(
@@ -387,8 +390,11 @@ class Learner:
                     optimizer.step()
                     self.strategy.after_step(self.head)
                     self.n_steps += 1
+                    if plan.store_each_step and self.buffer is not None:
+                        # Streaming: a sample can be replayed from the very next step on.
+                        self.buffer.add(data[idx], targets[idx])
         self.strategy.after_update(ctx)
-        if self.buffer is not None:
+        if self.buffer is not None and not plan.store_each_step:
             self.buffer.add(latents, labels)
         self.head.eval()
         self.n_updates += 1

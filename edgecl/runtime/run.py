@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -16,7 +18,7 @@ import torch
 
 from edgecl import metrics
 from edgecl.data import build_scenario, load_dataset
-from edgecl.errors import UsageError
+from edgecl.errors import EdgeclWarning, UsageError
 from edgecl.memory import capacity_from_megabytes
 from edgecl.profiles import Profile, load_profile, resolve_torch_device
 from edgecl.runtime.learner import Learner, LearnerConfig
@@ -67,6 +69,26 @@ def _report_skeleton(spec: RunSpec, profile: Profile, device: str) -> dict[str, 
     }
 
 
+@contextmanager
+def _collect_warnings(into: list[str]) -> Iterator[list[str]]:
+    """Catch EdgeclWarnings raised inside the block; yields the list of the new ones.
+
+    Only used around calls that do not yield, so the warning filters are never left
+    changed while the caller runs.
+    """
+    new: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EdgeclWarning)
+        yield new
+    for record in caught:
+        if issubclass(record.category, EdgeclWarning):
+            new.append(str(record.message))
+        else:  # not ours: pass it on as it came
+            warnings.warn_explicit(record.message, record.category, record.filename,
+                                   record.lineno)
+    into.extend(new)
+
+
 def iter_run(spec: RunSpec) -> Iterator[dict[str, object]]:
     """Yield ``{"event": "start" | "progress" | "experience" | "done", ...}`` dicts.
 
@@ -75,20 +97,20 @@ def iter_run(spec: RunSpec) -> Iterator[dict[str, object]]:
     if spec.backend not in BACKENDS:
         raise UsageError(f"unknown backend {spec.backend!r}; available: {', '.join(BACKENDS)}")
     started = time.perf_counter()
-    warnings: list[str] = []
+    notes: list[str] = []
     profile = load_profile(spec.profile)
     device, warning = resolve_torch_device(profile)
     if warning:
-        warnings.append(warning)
+        notes.append(warning)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(max(1, min(profile.device.threads, os.cpu_count() or 1)))
     try:
-        yield from _run_stream(spec, profile, device, warnings, started)
+        yield from _run_stream(spec, profile, device, notes, started)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _run_stream(spec: RunSpec, profile: Profile, device: str, warnings: list[str],
+def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
                 started: float) -> Iterator[dict[str, object]]:
     dataset = load_dataset(spec.dataset, seed=spec.seed)
     batch = {"batch_size": spec.online_batch_size} if spec.scenario == "online" else {}
@@ -109,7 +131,7 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, warnings: list[str
         learner.load_backbone(spec.backbone_weights)
     experiences = scenario.experiences
     total = sum(len(e.y) for e in experiences)
-    yield {"event": "start", "total_samples": total, "warnings": warnings,
+    yield {"event": "start", "total_samples": total, "warnings": list(notes),
            "n_experiences": len(experiences)}
 
     matrix: list[list[float]] = []
@@ -122,11 +144,13 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, warnings: list[str
             for start in range(0, len(exp.y), step):
                 x, y = exp.x[start:start + step], exp.y[start:start + step]
                 streaming.update(learner.predict_many(x), y)
-                learner.learn_many(x, y, epochs=1)
-                yield {"event": "progress", "samples": len(y)}
+                with _collect_warnings(notes) as new:
+                    learner.learn_many(x, y, epochs=1)
+                yield {"event": "progress", "samples": len(y), "warnings": new}
         else:
-            learner.learn_many(exp.x, exp.y)
-            yield {"event": "progress", "samples": len(exp.y)}
+            with _collect_warnings(notes) as new:
+                learner.learn_many(exp.x, exp.y)
+            yield {"event": "progress", "samples": len(exp.y), "warnings": new}
         row = [learner.evaluate(e.x_test, e.y_test) for e in experiences]
         matrix.append(row)
         yield {"event": "experience", "index": exp.index, "classes": list(exp.classes),
@@ -152,7 +176,7 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, warnings: list[str
                        for stage, v in latency.items()},
         "budget": {"update_ms": update_ms, "memory_mb": profile.budget.memory_mb,
                    "n_updates": int(update_samples.size), "over_budget_fraction": over},
-        "warnings": warnings,
+        "warnings": notes,
         "wall_s": time.perf_counter() - started,
     })
     if spec.save_backbone is not None:

@@ -29,6 +29,8 @@ class StepPlan:
     new_per_step: int | None = None     # new latents per step (REMIND: 1)
     replay_per_step: int | None = None  # replayed latents per step (REMIND: 50)
     epochs: int | None = None           # passes over the new data (streaming methods: 1)
+    store_each_step: bool = False       # store new latents after each step, not after the
+                                        # update, so they are replayed at once (REMIND)
 
 
 @dataclass(frozen=True)

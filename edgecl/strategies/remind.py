@@ -2,12 +2,15 @@
 
 Latents are stored as product-quantized codes; every new sample is learned in one SGD step
 together with ``replay_per_sample`` latents reconstructed from those codes, in a single pass
-(streaming). Replayed latents are augmented by manifold mixup in latent space, and the head
-is evaluated on test latents passed through the same quantizer, so that it sees at test time
-the distribution it was trained on.
+(streaming); each sample enters the buffer right after its step, so the replayed ones
+include the current class's earlier samples. The head is trained and evaluated on latents passed through the same quantizer
+(new, replayed and test alike), so it sees at test time the distribution it was trained on.
 Differences here: the replay buffer is class-balanced (REMIND evicts from the largest class
 too, at random); REMIND's random-resized crops of 7x7 feature maps are left out, since the
-latents of edge backbones here are small (4x4 maps or vectors).
+latents of edge backbones here are small (4x4 maps or vectors). REMIND's manifold mixup of
+replayed latents is available (``mixup_alpha``) but off by default: measured here
+(class-incremental, 5 experiences, seeds 0 and 1, quantized evaluation) it lowered final
+accuracy from 0.957 to 0.947 on digits and from 0.910 to 0.868 on mnist5k.
 """
 
 from __future__ import annotations
@@ -21,17 +24,18 @@ from edgecl.strategies.base import STRATEGIES, StepPlan, Strategy
 
 @STRATEGIES.register("remind")
 class Remind(Strategy):
-    """REMIND: PQ-compressed latent replay, one new sample + 50 replayed per step, mixup."""
+    """REMIND: PQ-compressed latent replay, one new sample + 50 replayed per step."""
 
     name = "remind"
     uses_replay = True
     codec = "pq"
     quantize_eval = True
 
-    def __init__(self, *, replay_per_sample: int = 50, mixup_alpha: float = 0.1) -> None:
-        self.replay_per_sample = replay_per_sample
-        self.mixup_alpha = mixup_alpha  # REMIND's value; 0 turns mixup off
-        self.step_plan = StepPlan(new_per_step=1, replay_per_step=replay_per_sample, epochs=1)
+    def __init__(self, *, replay_per_sample: int = 50, mixup_alpha: float = 0.0) -> None:
+        self.replay_per_sample = replay_per_sample  # REMIND's value
+        self.mixup_alpha = mixup_alpha  # REMIND used 0.1; 0 turns mixup off (see above)
+        self.step_plan = StepPlan(new_per_step=1, replay_per_step=replay_per_sample, epochs=1,
+                                  store_each_step=True)
         self._n_classes = 0  # set by configure, from the head's output layer
 
     def configure(self, head: torch.nn.Sequential) -> None:

@@ -112,12 +112,17 @@ class TestStrategyContract:
             assert buffer is None
             assert learner.memory_stats()["buffer_bytes"] == 0
             return
-        assert len(buffer) <= buffer.capacity == 20
-        assert len(buffer) <= CONFIG.replay_samples
+        # fp32 latents fill the byte limit at 20; compact codecs hit the 30-sample cap.
+        expected = 20 if learner.codec_name == "fp32" and name != "exstream" else None
+        assert len(buffer) <= buffer.capacity <= CONFIG.replay_samples
+        if expected is not None:
+            assert buffer.capacity == expected
         assert buffer.nbytes <= CONFIG.replay_bytes
         assert learner.memory_stats()["buffer_bytes"] == buffer.nbytes
         # The memory holds the old experience's classes as much as the new one's.
-        assert buffer.class_counts() == {0: 5, 1: 5, 2: 5, 3: 5}
+        counts = buffer.class_counts()
+        assert sorted(counts) == [0, 1, 2, 3]
+        assert max(counts.values()) - min(counts.values()) <= 1
 
     def test_same_seed_gives_the_same_learner(self, name: str) -> None:
         first, second = learned(name), learned(name)
