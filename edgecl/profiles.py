@@ -83,7 +83,7 @@ DEFAULT_PROFILE = "cpu"
 PRECISIONS = ("fp32", "fp16", "int8")
 TORCH_DEVICES = ("cpu", "cuda")
 # Kept literal (not read from the codec registry) so that profiles parse without torch.
-REPLAY_CODECS = ("fp32", "fp16", "uint8", "pq")
+REPLAY_CODECS = ("fp32", "fp16", "uint8", "pq", "opq")
 CPU_PROVIDER = "CPUExecutionProvider"
 
 # ONNX Runtime EP names, current and recently removed, to catch typos without importing
@@ -144,7 +144,7 @@ class Budget:
     memory_mb: float  # learner memory: model, optimizer state, replay buffer
     replay_mb: float  # replay buffer bytes, part of memory_mb
     update_ms: float  # latency of one update step
-    replay_codec: str  # how replayed latents are stored: fp32 | fp16 | uint8 | pq
+    replay_codec: str  # how replayed latents are stored: fp32 | fp16 | uint8 | pq | opq
 
 
 @dataclass(frozen=True)

@@ -533,3 +533,10 @@ def test_cpu_provider_is_appended_when_a_profile_leaves_it_out() -> None:
         profile, available=["XnnpackExecutionProvider", "CPUExecutionProvider"]
     )
     assert providers == ["XnnpackExecutionProvider", "CPUExecutionProvider"] and warning is None
+
+
+def test_every_replay_codec_a_profile_may_name_is_registered():
+    from edgecl.memory import list_codecs
+    from edgecl.profiles import REPLAY_CODECS
+
+    assert set(REPLAY_CODECS) <= set(list_codecs())

@@ -3,8 +3,9 @@
 Latents are stored as product-quantized codes; every new sample is learned in one SGD step
 together with ``replay_per_sample`` latents reconstructed from those codes, in a single pass
 (streaming); each sample enters the buffer right after its step, so the replayed ones
-include the current class's earlier samples. The head is trained and evaluated on latents passed through the same quantizer
-(new, replayed and test alike), so it sees at test time the distribution it was trained on.
+include the current class's earlier samples. The head is trained and evaluated on latents
+passed through the same quantizer (new, replayed and test alike), so it sees at test time
+the distribution it was trained on.
 Differences here: the replay buffer is class-balanced (REMIND evicts from the largest class
 too, at random); REMIND's random-resized crops of 7x7 feature maps are left out, since the
 latents of edge backbones here are small (4x4 maps or vectors). REMIND's manifold mixup of
