@@ -141,7 +141,8 @@ def _print_table(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
                    "(remind: pq), else the profile's replay_codec].")
 @click.option("--quantize-eval/--no-quantize-eval", default=None,
               help="Pass test latents through the replay codec, so the head sees them as it "
-                   "sees replayed ones [default: the strategy decides; remind does].")
+                   "sees replayed ones [default: on for remind and for the coarse codecs pq "
+                   "and opq].")
 @click.option("--update-budget-ms", type=float, default=None,
               help="Latency budget of one update in ms [default: the profile's update_ms].")
 @click.option("--backend", default="torch", show_default=True, type=click.Choice(["torch"]),

@@ -204,5 +204,8 @@ def test_profile_chooses_the_codec_unless_the_run_does(tmp_path):
     assert board["memory"]["codec"] == "uint8"
     _, chosen = _learn(tmp_path, *args, "--profile", "rpi4", "--codec", "fp16", name="f.json")
     assert chosen["memory"]["codec"] == "fp16"
-    _, remind = _learn(tmp_path, *args[:-1], "remind", name="remind.json")
+    result, remind = _learn(tmp_path, *args[:-1], "remind", name="remind.json")
     assert remind["memory"]["codec"] == "pq"  # the method's own codec beats the profile's
+    # 120 first-experience latents cannot fit 256 centroids: the run degrades and says so.
+    assert any("fewer than the 256 centroids" in w for w in remind["warnings"])
+    assert "warning: codec pq" in result.stderr

@@ -18,7 +18,8 @@ import numpy as np
 
 from edgecl.runtime.run import RunSpec, run
 
-DEFAULT_STRATEGIES = ["naive", "cumulative", "latent-replay", "cwr", "cwr*", "ar1*"]
+DEFAULT_STRATEGIES = ["naive", "cumulative", "latent-replay", "cwr", "cwr*", "ar1*", "remind",
+                      "exstream"]
 
 
 def _cell(values: list[float], digits: int = 3) -> str:

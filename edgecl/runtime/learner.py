@@ -50,7 +50,7 @@ class LearnerConfig:
     replay_samples: int | None = 200  # replay capacity in samples (None: bytes only)
     replay_bytes: int | None = None   # replay capacity in bytes (None: samples only)
     codec: str | None = None          # replay storage; None: the strategy's codec, else fp32
-    quantize_eval: bool | None = None  # evaluate through the codec; None: the strategy decides
+    quantize_eval: bool | None = None  # evaluate through the codec; None: strategy or codec
     batch_renorm: bool = True       # BatchRenorm instead of BatchNorm in the head
     eval_batch_size: int = 512
 
@@ -304,8 +304,12 @@ class Learner:
 
     @property
     def quantizes_eval(self) -> bool:
+        """Whether the head sees new and test latents through the codec, as replayed ones:
+        the config decides if set, else on for REMIND-like strategies and coarse codecs."""
+        if self.buffer is None:
+            return False
         wanted = (self.config.quantize_eval if self.config.quantize_eval is not None
-                  else self.strategy.quantize_eval)
+                  else self.strategy.quantize_eval or self.buffer.codec.coarse)
         return bool(wanted and self.buffer is not None and self.buffer.codec.is_fitted)
 
     @torch.no_grad()

@@ -18,9 +18,9 @@ def _data(n: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _learner(**options) -> Learner:
-    return Learner(strategy="latent-replay", input_shape=(12,), n_classes=3, config=CONFIG,
-                   seed=0, **options)
+def _learner(config: LearnerConfig = CONFIG) -> Learner:
+    return Learner(strategy="latent-replay", input_shape=(12,), n_classes=3, config=config,
+                   seed=0)
 
 
 def test_saved_backbone_loads_frozen_and_skips_pretraining(tmp_path):
@@ -62,3 +62,21 @@ def test_corrupt_backbone_file_is_a_clear_error(tmp_path, content):
 def test_missing_backbone_file(tmp_path):
     with pytest.raises(UsageError, match="no such file"):
         _learner().load_backbone(tmp_path / "nope.pt")
+
+
+def test_coarse_codecs_train_and_test_the_head_on_reconstructed_latents():
+    x, y = _data(200)
+    fine = _learner(config=LearnerConfig(pretrain_epochs=2, epochs=1, codec="uint8"))
+    coarse = _learner(config=LearnerConfig(pretrain_epochs=2, epochs=1, codec="pq"))
+    forced_off = _learner(config=LearnerConfig(pretrain_epochs=2, epochs=1, codec="pq",
+                                               quantize_eval=False))
+    for learner in (fine, coarse, forced_off):
+        learner.learn_many(x, y)
+    assert coarse.quantizes_eval and not fine.quantizes_eval and not forced_off.quantizes_eval
+    # Quantized evaluation scores the reconstruction: the same as scoring it directly.
+    latents = coarse._latents(torch.as_tensor(x))
+    codec = coarse.buffer.codec
+    rebuilt = codec.decode(codec.encode(latents)).view_as(latents)
+    with torch.no_grad():
+        direct = coarse.head(rebuilt).argmax(1).numpy()
+    assert np.array_equal(coarse.predict_many(x), direct)
