@@ -42,28 +42,20 @@ def create_buffer(kind: str, *, max_samples: int | None, max_bytes: int | None, 
                           seed=seed)
 
 
-@BUFFERS.register("class-balanced")
-class ClassBalancedBuffer:
-    """Stores encoded latents; when full, evicts from the largest class to keep balance.
+class BudgetedBuffer:
+    """What every replay buffer shares: sample and byte limits, the capacity they allow for
+    a codec, and the checks on what is offered and asked for.
 
-    Inserting a sample of class ``c`` into a full buffer: if ``c`` holds fewer samples than
-    the largest class, a random sample of the largest class makes room. Otherwise ``c`` is
-    (one of) the largest and the sample replaces a random stored one of its own class with
-    probability ``stored_c / seen_c`` (reservoir sampling within the class), so each class
-    keeps a uniform sample of everything it has seen.
-
-    Storage is allocated once, at the first insert, at full capacity: the byte budget is a
-    ceiling on what is allocated, not only on what is used.
+    Subclasses allocate their storage in ``_allocate(dim)``, starting from
+    ``_planned_capacity(dim)``, and may store more per sample than the code and the label
+    (``_extra_bytes_per_sample``), which then counts in the budget too.
     """
 
-    def __init__(
-        self,
-        *,
-        max_samples: int | None = None,
-        max_bytes: int | None = None,
-        codec: Codec | None = None,
-        seed: int = 0,
-    ) -> None:
+    _extra_bytes_per_sample = 0
+    kind = "buffer"  # the registered name, reported in stats()
+
+    def __init__(self, *, max_samples: int | None, max_bytes: int | None,
+                 codec: Codec | None) -> None:
         if max_samples is None and max_bytes is None:
             raise UsageError("a replay buffer needs max_samples, max_bytes or both")
         if max_samples is not None and max_samples < 0:
@@ -73,17 +65,14 @@ class ClassBalancedBuffer:
         self.max_samples = max_samples
         self.max_bytes = max_bytes
         self.codec = codec if codec is not None else Float32Codec()
-        self._rng = np.random.default_rng(seed)
-        self._codes: torch.Tensor | None = None
-        self._labels: torch.Tensor | None = None
         self._dim: int | None = None
+        self._codes: torch.Tensor | None = None
         self._size = 0
-        self._class_slots: dict[int, list[int]] = {}
-        self._seen_per_class: dict[int, int] = {}
 
-    # -- capacity ---------------------------------------------------------------------------
     def bytes_per_sample(self, dim: int) -> int:
-        return self.codec.bytes_per_sample(dim) + _LABEL_DTYPE.itemsize
+        """Bytes one stored latent costs: its code, an int16 label and any extra state."""
+        return (self.codec.bytes_per_sample(dim) + _LABEL_DTYPE.itemsize
+                + self._extra_bytes_per_sample)
 
     def capacity_for(self, dim: int) -> int:
         """How many latents of ``dim`` values fit in the sample and byte limits."""
@@ -97,13 +86,94 @@ class ClassBalancedBuffer:
 
     @property
     def capacity(self) -> int:
-        if self._dim is None:
+        if self._codes is None:
             return self.max_samples if self.max_samples is not None else 0
-        return self._codes.shape[0] if self._codes is not None else 0
+        return self._codes.shape[0]
 
     def __len__(self) -> int:
         return self._size
 
+    def reserve(self, dim: int) -> None:
+        """Allocate storage for latents of ``dim`` values now; fails if none would fit."""
+        if self._dim is None:
+            self._allocate(dim)
+        elif dim != self._dim:
+            raise UsageError(f"latent has {dim} values, buffer holds {self._dim}")
+
+    def _allocate(self, dim: int) -> None:
+        raise NotImplementedError
+
+    def _planned_capacity(self, dim: int) -> int:
+        """Configure the codec for ``dim`` and return the capacity, or BudgetError if 0."""
+        self.codec.configure(dim, max_bytes=self.max_bytes)
+        capacity = self.capacity_for(dim)
+        if capacity == 0:
+            if self.max_samples == 0:
+                raise BudgetError("replay buffer has max_samples=0: it can hold nothing")
+            raise BudgetError(
+                f"replay memory of {self.max_bytes} bytes holds no latent of {dim} values "
+                f"({self.bytes_per_sample(dim)} bytes each); raise --memory-mb")
+        self._dim = dim
+        return capacity
+
+    @staticmethod
+    def _check_labels(labels: torch.Tensor) -> None:
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) > _MAX_LABEL):
+            raise UsageError(f"replay labels must be in 0..{_MAX_LABEL}")
+
+    @property
+    def nbytes(self) -> int:
+        raise NotImplementedError
+
+    def stats(self) -> dict[str, object]:
+        dim = self._dim or 0
+        return {
+            "buffer_bytes": self.nbytes,
+            "bytes_per_sample": self.bytes_per_sample(dim) if dim else 0,
+            "n_stored": self._size,
+            "capacity": self.capacity,
+            "codec": self.codec.name,
+            "buffer": self.kind,
+        }
+
+    def _check_sample_size(self, n: int) -> None:
+        if self._size == 0:
+            raise UsageError("cannot sample from an empty replay buffer")
+        if n <= 0:
+            raise UsageError(f"sample size must be positive, got {n}")
+
+
+@BUFFERS.register("class-balanced")
+class ClassBalancedBuffer(BudgetedBuffer):
+    """Stores encoded latents; when full, evicts from the largest class to keep balance.
+
+    Inserting a sample of class ``c`` into a full buffer: if ``c`` holds fewer samples than
+    the largest class, a random sample of the largest class makes room. Otherwise ``c`` is
+    (one of) the largest and the sample replaces a random stored one of its own class with
+    probability ``stored_c / seen_c`` (reservoir sampling within the class), so each class
+    keeps a uniform sample of everything it has seen.
+
+    Storage is allocated once, at the first insert, at full capacity: the byte budget is a
+    ceiling on what is allocated, not only on what is used.
+    """
+
+    kind = "class-balanced"
+
+    def __init__(
+        self,
+        *,
+        max_samples: int | None = None,
+        max_bytes: int | None = None,
+        codec: Codec | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(max_samples=max_samples, max_bytes=max_bytes, codec=codec)
+        self._rng = np.random.default_rng(seed)
+        self._labels: torch.Tensor | None = None
+        self._class_slots: dict[int, list[int]] = {}
+        self._seen_per_class: dict[int, int] = {}
+
+    # -- capacity ---------------------------------------------------------------------------
     @property
     def nbytes(self) -> int:
         """Bytes allocated: codes and labels at full capacity, plus codec parameters."""
@@ -118,31 +188,15 @@ class ClassBalancedBuffer:
 
     # -- updates ----------------------------------------------------------------------------
     def _allocate(self, dim: int) -> None:
-        self.codec.configure(dim, max_bytes=self.max_bytes)
-        capacity = self.capacity_for(dim)
-        if capacity == 0:
-            if self.max_samples == 0:
-                raise BudgetError("replay buffer has max_samples=0: it can hold nothing")
-            raise BudgetError(
-                f"replay memory of {self.max_bytes} bytes holds no latent of {dim} values "
-                f"({self.bytes_per_sample(dim)} bytes each); raise --memory-mb")
-        self._dim = dim
+        capacity = self._planned_capacity(dim)
         self._codes = torch.zeros((capacity, self.codec.code_width(dim)),
                                   dtype=self.codec.storage_dtype)
         self._labels = torch.zeros(capacity, dtype=_LABEL_DTYPE)
 
-    def reserve(self, dim: int) -> None:
-        """Allocate storage for latents of ``dim`` values now; fails if none would fit."""
-        if self._dim is None:
-            self._allocate(dim)
-        elif dim != self._dim:
-            raise UsageError(f"latent has {dim} values, buffer holds {self._dim}")
-
     def add(self, latents: torch.Tensor, labels: torch.Tensor) -> None:
         """Offer (N, ...) latents with (N,) labels; the buffer keeps a class-balanced subset."""
         flat = latents.reshape(latents.shape[0], -1)
-        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) > _MAX_LABEL):
-            raise UsageError(f"replay labels must be in 0..{_MAX_LABEL}")
+        self._check_labels(labels)
         self.reserve(flat.shape[1])
         if not self.codec.is_fitted:  # on the first latents offered: the first experience
             self.codec.fit(flat)
@@ -183,10 +237,7 @@ class ClassBalancedBuffer:
     def sample(self, n: int, generator: torch.Generator | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` decoded latents drawn uniformly with replacement, with their labels."""
-        if self._size == 0:
-            raise UsageError("cannot sample from an empty replay buffer")
-        if n <= 0:
-            raise UsageError(f"sample size must be positive, got {n}")
+        self._check_sample_size(n)
         idx = torch.randint(self._size, (n,), generator=generator)
         return self.codec.decode(self._codes[idx]), self._labels[idx].long()
 
@@ -196,16 +247,6 @@ class ClassBalancedBuffer:
             return torch.empty(0), torch.empty(0, dtype=torch.long)
         return self.codec.decode(self._codes[: self._size]), self._labels[: self._size].long()
 
-    def stats(self) -> dict[str, object]:
-        dim = self._dim or 0
-        return {
-            "buffer_bytes": self.nbytes,
-            "bytes_per_sample": self.bytes_per_sample(dim) if dim else 0,
-            "n_stored": self._size,
-            "capacity": self.capacity,
-            "codec": self.codec.name,
-            "buffer": "class-balanced",
-        }
 
 
 def capacity_from_megabytes(megabytes: float) -> int:

@@ -24,13 +24,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edgecl.errors import BudgetError, CheckpointError, DataError, UsageError
-from edgecl.memory.buffer import BUFFERS
-from edgecl.memory.codecs import Codec, Float32Codec
+from edgecl.errors import CheckpointError, DataError, UsageError
+from edgecl.memory.buffer import _LABEL_DTYPE, BUFFERS, BudgetedBuffer
+from edgecl.memory.codecs import Codec
 
-# As in ClassBalancedBuffer: int16 labels, 2 bytes instead of 8 per sample.
-_LABEL_DTYPE = torch.int16
-_MAX_LABEL = torch.iinfo(_LABEL_DTYPE).max
 # How many samples a prototype stands for: exact up to 2**31 samples, 4 bytes per slot.
 _COUNT_DTYPE = torch.int32
 # Nearest-neighbour cache per slot: neighbour (int32), its distance and a lower bound on the
@@ -41,7 +38,7 @@ _DIST_CHUNK = 256
 
 
 @BUFFERS.register("exstream")
-class ExStreamBuffer:
+class ExStreamBuffer(BudgetedBuffer):
     """Per-class prototypes with counts; a full class merges its two closest prototypes.
 
     Quotas: with capacity ``C`` and ``k`` classes seen, the class that arrived ``r``-th
@@ -79,6 +76,10 @@ class ExStreamBuffer:
             rather than the balanced buffer.
     """
 
+    # Per prototype besides its code and label: an int32 count and its neighbour-cache entry.
+    _extra_bytes_per_sample = _COUNT_DTYPE.itemsize + _INDEX_BYTES_PER_SLOT
+    kind = "exstream"
+
     def __init__(
         self,
         *,
@@ -88,23 +89,12 @@ class ExStreamBuffer:
         seed: int = 0,
         weighted: bool = False,
     ) -> None:
-        if max_samples is None and max_bytes is None:
-            raise UsageError("a replay buffer needs max_samples, max_bytes or both")
-        if max_samples is not None and max_samples < 0:
-            raise UsageError(f"max_samples must be >= 0, got {max_samples}")
-        if max_bytes is not None and max_bytes < 0:
-            raise UsageError(f"max_bytes must be >= 0, got {max_bytes}")
-        self.max_samples = max_samples
-        self.max_bytes = max_bytes
-        self.codec = codec if codec is not None else Float32Codec()
+        super().__init__(max_samples=max_samples, max_bytes=max_bytes, codec=codec)
         self.seed = seed
         self.weighted = weighted
-        self._dim: int | None = None
-        self._codes: torch.Tensor | None = None     # (capacity, code_width)
         self._labels: torch.Tensor | None = None    # (capacity,) int16
         self._counts: torch.Tensor | None = None    # (capacity,) int32; 0 in a free slot
         self._count_of = np.zeros(0, dtype=np.int32)  # a numpy view of _counts
-        self._size = 0
         self._class_slots: dict[int, list[int]] = {}  # label -> slots, in order of arrival
         self._rank: dict[int, int] = {}              # label -> order of arrival, from 0
         self._free: list[int] = []                   # a stack: the next slot to use is last
@@ -119,31 +109,6 @@ class ExStreamBuffer:
         self._pos = np.zeros(0, dtype=np.int32)      # a slot's index in its class's list
 
     # -- capacity ---------------------------------------------------------------------------
-    def bytes_per_sample(self, dim: int) -> int:
-        """Bytes per stored prototype: its code, an int16 label, an int32 count and its
-        16-byte entry in the nearest-neighbour cache."""
-        return (self.codec.bytes_per_sample(dim) + _LABEL_DTYPE.itemsize
-                + _COUNT_DTYPE.itemsize + _INDEX_BYTES_PER_SLOT)
-
-    def capacity_for(self, dim: int) -> int:
-        """How many prototypes of ``dim`` values fit in the sample and byte limits."""
-        limits = []
-        if self.max_samples is not None:
-            limits.append(self.max_samples)
-        if self.max_bytes is not None:
-            room = self.max_bytes - self.codec.overhead_bytes()
-            limits.append(max(0, room // self.bytes_per_sample(dim)))
-        return int(min(limits))
-
-    @property
-    def capacity(self) -> int:
-        if self._codes is None:
-            return self.max_samples if self.max_samples is not None else 0
-        return self._codes.shape[0]
-
-    def __len__(self) -> int:
-        return self._size
-
     @property
     def nbytes(self) -> int:
         """Bytes allocated: codes, labels, counts and the neighbour cache at full capacity,
@@ -172,15 +137,7 @@ class ExStreamBuffer:
 
     # -- updates ----------------------------------------------------------------------------
     def _allocate(self, dim: int) -> None:
-        self.codec.configure(dim, max_bytes=self.max_bytes)
-        capacity = self.capacity_for(dim)
-        if capacity == 0:
-            if self.max_samples == 0:
-                raise BudgetError("replay buffer has max_samples=0: it can hold nothing")
-            raise BudgetError(
-                f"replay memory of {self.max_bytes} bytes holds no latent of {dim} values "
-                f"({self.bytes_per_sample(dim)} bytes each); raise --memory-mb")
-        self._dim = dim
+        capacity = self._planned_capacity(dim)
         self._codes = torch.zeros((capacity, self.codec.code_width(dim)),
                                   dtype=self.codec.storage_dtype)
         self._labels = torch.zeros(capacity, dtype=_LABEL_DTYPE)
@@ -192,21 +149,13 @@ class ExStreamBuffer:
         self._nn_bound = np.full(capacity, np.inf, dtype=np.float32)
         self._pos = np.zeros(capacity, dtype=np.int32)
 
-    def reserve(self, dim: int) -> None:
-        """Allocate storage for latents of ``dim`` values now; fails if none would fit."""
-        if self._dim is None:
-            self._allocate(dim)
-        elif dim != self._dim:
-            raise UsageError(f"latent has {dim} values, buffer holds {self._dim}")
-
     def add(self, latents: torch.Tensor, labels: torch.Tensor) -> None:
         """Offer (N, ...) latents with (N,) labels, inserted one after another in order."""
         flat = latents.detach().reshape(latents.shape[0], -1).to(torch.float32)
         if labels.shape != (flat.shape[0],):
             raise UsageError(f"{flat.shape[0]} latents need ({flat.shape[0]},) labels, "
                              f"got shape {tuple(labels.shape)}")
-        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) > _MAX_LABEL):
-            raise UsageError(f"replay labels must be in 0..{_MAX_LABEL}")
+        self._check_labels(labels)
         if not bool(torch.isfinite(flat).all()):
             # A NaN prototype would poison every sample later merged into it.
             raise DataError("replay latents contain NaN or infinite values")
@@ -368,10 +317,7 @@ class ExStreamBuffer:
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` decoded prototypes drawn with replacement, with their labels: uniformly, or
         in proportion to their counts if the buffer is ``weighted``."""
-        if self._size == 0:
-            raise UsageError("cannot sample from an empty replay buffer")
-        if n <= 0:
-            raise UsageError(f"sample size must be positive, got {n}")
+        self._check_sample_size(n)
         used = self._used_slots()
         if self.weighted:
             weights = self._counts[used].to(torch.float64)
@@ -393,17 +339,6 @@ class ExStreamBuffer:
         if self._codes is None:
             return torch.empty(0, dtype=torch.long)
         return self._counts[self._used_slots()].long()
-
-    def stats(self) -> dict[str, object]:
-        dim = self._dim or 0
-        return {
-            "buffer_bytes": self.nbytes,
-            "bytes_per_sample": self.bytes_per_sample(dim) if dim else 0,
-            "n_stored": self._size,
-            "capacity": self.capacity,
-            "codec": self.codec.name,
-            "buffer": "exstream",
-        }
 
     # -- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
