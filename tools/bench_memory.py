@@ -87,11 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--experiences", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5, help="throughput repeats")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--json", dest="json_path", help="write every result here")
     args = parser.parse_args(argv)
     codecs = args.codecs or list_codecs()
-    torch.set_num_threads(2)
 
+    torch.set_num_threads(args.threads)
     budget_rows, sample_rows, speed_rows = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for dataset in args.datasets:
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                     weights: dict[int, str] = weights) -> dict:
                 spec = RunSpec(dataset=dataset, strategy=strategy, codec=codec, seed=seed,
                                n_experiences=args.experiences, memory_mb=memory_mb,
-                               replay_samples=samples, backbone_weights=weights[seed])
+                               replay_samples=samples, backbone_weights=weights[seed],
+                               threads=args.threads)
                 report = run(spec)
                 print(f"  {dataset} {strategy} {codec} {memory_mb * 1024:g} KB "
                       f"samples={samples} seed {seed}: held {report['memory']['n_stored']}, "
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                                for s in args.seeds]
                     sample_rows.append(_summary(dataset, strategy, codec, reports))
 
-    _print_tables(budget_rows, sample_rows, speed_rows, args.seeds)
+    _print_tables(budget_rows, sample_rows, speed_rows, args.seeds, args.threads)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(
             {"budget": budget_rows, "samples": sample_rows, "throughput": speed_rows}, indent=1))
@@ -143,7 +145,7 @@ def _summary(dataset: str, strategy: str, codec: str, reports: list[dict],
 
 
 def _print_tables(budget_rows: list[dict], sample_rows: list[dict], speed_rows: list[dict],
-                  seeds: list[int]) -> None:
+                  seeds: list[int], threads: int) -> None:
     print(f"\n### Equal byte budget (final accuracy, mean of seeds {seeds}; latents held)\n")
     print("| dataset | budget | strategy | codec | B/sample | held | buffer bytes | final acc. |")
     print("|---|---|---|---|---|---|---|---|")
@@ -157,7 +159,7 @@ def _print_tables(budget_rows: list[dict], sample_rows: list[dict], speed_rows: 
     for r in sample_rows:
         print(f"| {r['dataset']} | {r['strategy']} | {r['codec']} | {r['bytes_per_sample']} | "
               f"{r['final_accuracy']:.3f} ± {r['final_std']:.3f} |")
-    print("\n### Codec throughput on real latents (median of repeats, 2 threads)\n")
+    print(f"\n### Codec throughput on real latents (median of repeats, {threads} threads)\n")
     print("| dataset | codec | dim | latents | B/sample | encode vec/s | decode vec/s | "
           "rel. MSE |")
     print("|---|---|---|---|---|---|---|---|")

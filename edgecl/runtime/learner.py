@@ -359,10 +359,9 @@ class Learner:
             # Codecs are fitted on the first update's latents (the first experience).
             self.buffer.codec.fit(latents.reshape(len(latents), -1))
         data, targets = self.strategy.training_data(self._through_codec(latents), labels)
-        replay = self.buffer if self.buffer is not None and len(self.buffer) > 0 else None
         counts = Counter(targets.tolist())
-        if replay is not None:
-            counts.update(replay.class_counts())
+        if self.buffer is not None:  # CWR* and AR1* count the replayed classes too
+            counts.update(self.buffer.class_counts())
         ctx = UpdateContext(head=self.head, class_counts=dict(counts),
                             update_index=self.n_updates)
         self.strategy.before_update(ctx)

@@ -46,6 +46,7 @@ class RunSpec:
     online_batch_size: int = 1
     backbone_weights: str | None = None  # load a pretrained network instead of pretraining
     save_backbone: str | None = None     # write the network's weights at the end of the run
+    threads: int | None = None           # torch threads; None: the profile's, at most the cores
     config: LearnerConfig = field(default_factory=LearnerConfig)
 
 
@@ -103,7 +104,8 @@ def iter_run(spec: RunSpec) -> Iterator[dict[str, object]]:
     if warning:
         notes.append(warning)
     threads_before = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(profile.device.threads, os.cpu_count() or 1)))
+    threads = spec.threads or min(profile.device.threads, os.cpu_count() or 1)
+    torch.set_num_threads(max(1, threads))
     try:
         yield from _run_stream(spec, profile, device, notes, started)
     finally:
