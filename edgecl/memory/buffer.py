@@ -153,8 +153,8 @@ class ClassBalancedBuffer(BudgetedBuffer):
     probability ``stored_c / seen_c`` (reservoir sampling within the class), so each class
     keeps a uniform sample of everything it has seen.
 
-    Storage is allocated once, at the first insert, at full capacity: the byte budget is a
-    ceiling on what is allocated, not only on what is used.
+    Storage is allocated once, at ``reserve`` or the first insert, at full capacity: the byte
+    budget is a ceiling on what is allocated, not only on what is used.
     """
 
     kind = "class-balanced"
