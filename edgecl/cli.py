@@ -111,6 +111,8 @@ def _print_table(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
          f"{budget['n_updates']} over)"),
         ("replay buffer", f"{memory['n_stored']} latents, {memory['buffer_bytes']:,} bytes "
          f"({memory['bytes_per_sample']:,} B each, {memory['codec']})"),
+        ("backbone runs on", f"{report['backend']} "
+                             f"({report['backend_info']['execution_provider']})"),
         ("peak RSS", f"{memory['peak_rss_mb']:.1f} MB"),
         ("wall time", f"{report['wall_s']:.1f} s"),
     ]
@@ -145,8 +147,11 @@ def _print_table(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
                    "and opq].")
 @click.option("--update-budget-ms", type=float, default=None,
               help="Latency budget of one update in ms [default: the profile's update_ms].")
-@click.option("--backend", default="torch", show_default=True, type=click.Choice(["torch"]),
-              help="Where the frozen backbone runs.")
+@click.option("--backend", default="torch", show_default=True,
+              type=click.Choice(["torch", "ort", "ort-int8"]),
+              help="Where the frozen backbone runs: PyTorch, or ONNX Runtime in fp32 or int8 "
+                   "(statically quantized, calibrated on the first experience) with the "
+                   "profile's execution providers; the head always trains in PyTorch.")
 @click.option("--online-batch-size", default=1, show_default=True, type=int,
               help="Samples per update in the online scenario.")
 @click.option("--backbone-weights", type=click.Path(dir_okay=False), default=None,
@@ -158,12 +163,23 @@ def _print_table(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
               help="Seed for the split, initialisation and replay; same seed, same report.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Write the JSON report here.")
+@click.option("--checkpoint", "checkpoint_dir", type=click.Path(file_okay=False), default=None,
+              help="Save checkpoints in this directory (atomic; the previous good one is kept "
+                   "until a new one is complete).")
+@click.option("--checkpoint-every", type=int, default=50, show_default=True,
+              help="Updates between checkpoints; one is also saved after every experience.")
+@click.option("--checkpoint-seconds", type=float, default=None,
+              help="Also save a checkpoint when this many seconds have passed since the last.")
+@click.option("--resume", is_flag=True,
+              help="Continue from the newest valid checkpoint in --checkpoint DIR; the run "
+                   "ends with the same results as one that was never stopped.")
 def learn_command(profile: str, dataset: str, scenario: str, strategy: str, n_experiences: int,
                   memory_mb: float | None, replay_samples: int, codec: str | None,
                   quantize_eval: bool | None,
                   update_budget_ms: float | None, backend: str, online_batch_size: int,
                   backbone_weights: str | None, save_backbone: str | None, seed: int,
-                  report_path: Path | None) -> None:
+                  report_path: Path | None, checkpoint_dir: str | None, checkpoint_every: int,
+                  checkpoint_seconds: float | None, resume: bool) -> None:
     """Learn a stream with a strategy, show progress, print a results table.
 
     The backbone is pretrained on the first experience and frozen below its latent layer;
@@ -185,22 +201,34 @@ def learn_command(profile: str, dataset: str, scenario: str, strategy: str, n_ex
         raise UsageError(f"--update-budget-ms must be positive, got {update_budget_ms}")
     if online_batch_size < 1:
         raise UsageError(f"--online-batch-size must be >= 1, got {online_batch_size}")
+    if checkpoint_every < 1:
+        raise UsageError(f"--checkpoint-every must be >= 1, got {checkpoint_every}")
+    if checkpoint_seconds is not None and not checkpoint_seconds > 0:
+        raise UsageError(f"--checkpoint-seconds must be positive, got {checkpoint_seconds}")
+    if resume and checkpoint_dir is None:
+        raise UsageError("--resume needs --checkpoint DIR (where the checkpoints are)")
     spec = RunSpec(profile=profile, dataset=dataset, scenario=scenario, strategy=strategy,
                    n_experiences=n_experiences, seed=seed, memory_mb=memory_mb,
                    replay_samples=replay_samples or None, codec=codec,
                    quantize_eval=quantize_eval,
                    update_budget_ms=update_budget_ms, backend=backend,
                    online_batch_size=online_batch_size, backbone_weights=backbone_weights,
-                   save_backbone=save_backbone)
+                   save_backbone=save_backbone, checkpoint_dir=checkpoint_dir,
+                   checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
+                   resume=resume)
     events = iter_run(spec)
     start = next(events)
     for warning in start["warnings"]:
         click.echo(f"warning: {warning}", err=True)
+    if start.get("resumed_from"):
+        click.echo(f"resumed from {start['resumed_from']} ({start['resumed_at']} samples "
+                   "already learned)", err=True)
     rows: list[dict[str, Any]] = []
     report: dict[str, Any] = {}
     with click.progressbar(length=start["total_samples"], label=f"learning ({strategy})",
                            file=sys.stderr, show_pos=True,
                            hidden=not sys.stderr.isatty()) as bar:
+        bar.update(start.get("resumed_at") or 0)
         for event in events:
             if event["event"] == "progress":
                 bar.update(event["samples"])

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgecl._state import tensor_entry
 from edgecl.errors import UsageError
 
 
@@ -79,3 +80,10 @@ class ConsolidatedOutput:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"weight": self.weight.clone(), "past": self.past.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        weight = tensor_entry(state, "weight", what="CWR", shape=self.weight.shape,
+                              dtype=self.weight.dtype)
+        past = tensor_entry(state, "past", what="CWR", shape=self.past.shape,
+                            dtype=self.past.dtype)
+        self.weight, self.past = weight.clone(), past.clone()

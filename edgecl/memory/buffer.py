@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from edgecl._registry import Registry
-from edgecl.errors import BudgetError, UsageError
+from edgecl._state import json_tensor, tensor_entry, tensor_json, under_prefix, with_prefix
+from edgecl.errors import BudgetError, CheckpointError, UsageError
 from edgecl.memory.codecs import Codec, Float32Codec
 
 # Labels are stored as int16: enough for 32k classes, and 2 bytes instead of 8 per sample.
@@ -30,6 +31,8 @@ class ReplayBuffer(Protocol):
     def class_counts(self) -> dict[int, int]: ...
     def stats(self) -> dict[str, object]: ...
     def __len__(self) -> int: ...
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
 
 
 BUFFERS: Registry[ReplayBuffer] = Registry("replay buffer")
@@ -246,6 +249,57 @@ class ClassBalancedBuffer(BudgetedBuffer):
         if self._codes is None:
             return torch.empty(0), torch.empty(0, dtype=torch.long)
         return self.codec.decode(self._codes[: self._size]), self._labels[: self._size].long()
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Storage at full capacity, per-class slot lists and seen counts, the eviction
+        generator's state and the codec's parameters (keys ``codec.*``)."""
+        if self._codes is None:
+            return {"dim": torch.tensor(0)}
+        bookkeeping = {
+            "size": self._size,
+            "class_slots": {str(c): slots for c, slots in self._class_slots.items()},
+            "seen": {str(c): n for c, n in self._seen_per_class.items()},
+            "rng": self._rng.bit_generator.state,
+        }
+        return {"dim": torch.tensor(self._dim), "codes": self._codes.clone(),
+                "labels": self._labels.clone(), "bookkeeping": json_tensor(bookkeeping),
+                **with_prefix("codec", self.codec.state_dict())}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what ``state_dict`` returned into a buffer with the same limits and codec;
+        CheckpointError, with the buffer unchanged, if it does not fit."""
+        dim = int(tensor_entry(state, "dim", what="replay buffer", shape=()))
+        if dim == 0:
+            if self._size:
+                raise CheckpointError("replay buffer checkpoint is empty, this buffer is not")
+            return
+        if self._dim is not None and dim != self._dim:
+            raise CheckpointError(f"replay buffer checkpoint holds latents of {dim} values, "
+                                  f"this buffer {self._dim}")
+        self.reserve(dim)
+        codes = tensor_entry(state, "codes", what="replay buffer", shape=self._codes.shape,
+                             dtype=self._codes.dtype)
+        labels = tensor_entry(state, "labels", what="replay buffer", shape=self._labels.shape,
+                              dtype=self._labels.dtype)
+        book = tensor_json(state.get("bookkeeping"), what="replay buffer bookkeeping")
+        try:
+            size = int(book["size"])
+            slots = {int(c): [int(s) for s in v] for c, v in book["class_slots"].items()}
+            seen = {int(c): int(n) for c, n in book["seen"].items()}
+            rng = np.random.default_rng()
+            rng.bit_generator.state = book["rng"]
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise CheckpointError(f"replay buffer checkpoint bookkeeping is malformed: "
+                                  f"{error}") from None
+        used = sorted(s for v in slots.values() for s in v)
+        if used != list(range(size)) or size > self.capacity:
+            raise CheckpointError("replay buffer checkpoint is corrupted: its slot lists do "
+                                  "not cover the stored samples exactly once")
+        self.codec.load_state_dict(under_prefix("codec", state))
+        self._codes.copy_(codes)
+        self._labels.copy_(labels)
+        self._size, self._class_slots, self._seen_per_class, self._rng = size, slots, seen, rng
 
 
 

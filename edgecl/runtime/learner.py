@@ -9,18 +9,23 @@ pretrained one is passed, and frozen below the latent layer afterwards.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgecl._state import json_tensor, tensor_entry, tensor_json, under_prefix, with_prefix
 from edgecl.backbones import (
     Backbone,
     create_backbone,
@@ -29,10 +34,13 @@ from edgecl.backbones import (
     replace_batchnorm_with_renorm,
     split_model,
 )
-from edgecl.errors import DataError, UsageError
+from edgecl.errors import CheckpointError, DataError, UsageError
 from edgecl.memory import ReplayBuffer, create_buffer, create_codec
 from edgecl.runtime.timing import StageTimer
 from edgecl.strategies import Strategy, UpdateContext, create_strategy
+
+BACKENDS = ("torch", "ort", "ort-int8")  # where the frozen backbone runs
+_CALIBRATION_SAMPLES = 256  # int8 calibration inputs, taken from the first batch learned
 
 
 @dataclass(frozen=True)
@@ -85,7 +93,13 @@ class Learner:
         config: LearnerConfig | None = None,
         device: str = "cpu",
         seed: int = 0,
+        backend: str = "torch",
+        execution_providers: Sequence[str] | None = None,
+        backend_threads: int | None = None,
+        onnx_dir: str | os.PathLike[str] | None = None,
     ) -> None:
+        if backend not in BACKENDS:
+            raise UsageError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
         if n_classes < 2:
             raise UsageError(f"n_classes must be >= 2, got {n_classes}")
         self.input_shape = tuple(int(d) for d in input_shape)
@@ -122,6 +136,17 @@ class Learner:
         self.n_steps = 0        # optimizer steps taken on the head
         self.frozen: nn.Sequential | None = None
         self.head: nn.Sequential | None = None
+        # ONNX Runtime backends: the frozen part is exported to ``onnx_dir`` (a temporary
+        # directory unless given) once it is frozen, and runs in an ORT session from then on.
+        self.backend = backend
+        self.execution_providers = list(execution_providers or ["CPUExecutionProvider"])
+        self.backend_threads = backend_threads
+        self._onnx_tmp = None
+        if onnx_dir is None and backend != "torch":
+            self._onnx_tmp = tempfile.TemporaryDirectory(prefix="edgecl-onnx-")
+            onnx_dir = self._onnx_tmp.name
+        self.onnx_dir = Path(onnx_dir) if onnx_dir is not None else None
+        self._runner = None  # OrtRunner once the backbone is frozen (ort backends)
         if pretrained:
             self._split_and_freeze()
 
@@ -198,6 +223,8 @@ class Learner:
         if not self.is_pretrained:
             self._pretrain(xt, yt)
             self._split_and_freeze()
+        if self.backend != "torch" and self._runner is None:
+            self._start_ort(calibration=xt)
         with self.timer.stage("backbone"):
             latents = self._latents(xt)
         if epochs is None:
@@ -217,6 +244,8 @@ class Learner:
             raise UsageError("nothing learned yet: call learn_many first, or pass a pretrained "
                              "backbone with pretrained=True")
         xt = self._check_inputs(x)
+        if self.backend != "torch" and self._runner is None:
+            self._start_ort(calibration=xt)
         with self.timer.stage("predict"):
             return self._scores(xt).argmax(dim=1).numpy()
 
@@ -236,6 +265,139 @@ class Learner:
         stats["strategy_state_bytes"] = self.strategy.state_bytes()
         stats["peak_rss_mb"] = self.timer.peak_rss_bytes / 2**20
         return stats
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint must match to be restored into this learner."""
+        return {
+            "backbone": self.backbone.name,
+            "input_shape": list(self.input_shape),
+            "n_classes": self.n_classes,
+            "latent_layer": str(self.latent_layer),
+            "strategy": self.strategy.name,
+            "strategy_config": repr(self.strategy),
+            "codec": self.codec_name if self.buffer is not None else None,
+            "backend": self.backend,
+            "config": asdict(self.config),
+            "seed": self.seed,
+        }
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The whole learned state as a flat dict of tensors (no pickled objects): weights,
+        the strategy's and the buffer's state, the random generator, counters and timings.
+        Taken between updates; optimizers live within one update, so none is pending."""
+        counters = {"n_updates": self.n_updates, "n_steps": self.n_steps,
+                    "pretrained": self.is_pretrained,
+                    "frozen_sha256": self._frozen_digest() if self.is_pretrained else None,
+                    "onnx_file": self._runner.path.name if self._runner is not None else None}
+        state = {"generator": self._generator.get_state(), "counters": json_tensor(counters)}
+        if self.is_pretrained:
+            state |= with_prefix("frozen", self.frozen.state_dict())
+            state |= with_prefix("head", self.head.state_dict())
+        else:
+            state |= with_prefix("model", self.model.state_dict())
+        state |= with_prefix("strategy", self.strategy.state_dict())
+        if self.buffer is not None:
+            state |= with_prefix("buffer", self.buffer.state_dict())
+        state |= with_prefix("timer", self.timer.state_dict())
+        return {k: v.detach().clone() for k, v in state.items()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore what ``state_dict`` returned. All or nothing: if any part does not fit,
+        CheckpointError is raised and the learner is left as it was."""
+        was_pretrained = self.is_pretrained
+        before = self.state_dict()
+        try:
+            self._load_state(state)
+        except Exception as error:
+            if not was_pretrained and self.is_pretrained:
+                self._unsplit()
+            self._load_state(before)
+            if isinstance(error, CheckpointError):
+                raise
+            raise CheckpointError(f"checkpoint does not fit this learner: "
+                                  f"{type(error).__name__}: {error}") from None
+
+    def save_checkpoint(self, directory: str | os.PathLike[str], *,
+                        extra: Mapping[str, torch.Tensor] | None = None,
+                        meta: Mapping[str, Any] | None = None, keep: int = 2,
+                        step: int | None = None) -> Path:
+        """Write the learner's state (plus ``extra`` tensors and ``meta``) as a new
+        checkpoint in ``directory``; atomic, see :mod:`edgecl.runtime.checkpoint`.
+        ``step`` (default: updates done) must grow from one checkpoint to the next."""
+        from edgecl.runtime.checkpoint import save_checkpoint
+
+        tensors = with_prefix("learner", self.state_dict()) | dict(extra or {})
+        # Identity keys sit at the top level, so a mismatch names the key that differs.
+        info = {**self.identity(), "backend_info": self.backend_info(), **dict(meta or {})}
+        return save_checkpoint(directory, tensors=tensors, meta=info, keep=keep,
+                               step=self.n_updates if step is None else step)
+
+    def load_checkpoint(self, directory: str | os.PathLike[str], *,
+                        expect: Mapping[str, Any] | None = None):
+        """Restore the newest valid checkpoint in ``directory`` (older ones if the newest is
+        damaged; see ``.skipped``). Returns it, so callers can read their ``extra`` tensors
+        and ``meta``. CheckpointError if none fits this learner; the learner is unchanged."""
+        from edgecl.runtime.checkpoint import load_checkpoint
+
+        expected = {**_json_roundtrip(self.identity()), **dict(expect or {})}
+        checkpoint = load_checkpoint(directory, expect=expected)
+        self.load_state_dict(under_prefix("learner", checkpoint.tensors))
+        return checkpoint
+
+    def _load_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        counters = tensor_json(state.get("counters"), what="learner counters")
+        generator = tensor_entry(state, "generator", what="learner", dtype=torch.uint8)
+        try:
+            n_updates, n_steps = int(counters["n_updates"]), int(counters["n_steps"])
+            pretrained, onnx_file = bool(counters["pretrained"]), counters["onnx_file"]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError("learner checkpoint counters are malformed") from None
+        if pretrained:
+            if not self.is_pretrained:
+                _load_module(split_model(self.model, self.latent_layer).frozen,
+                             under_prefix("frozen", state), "frozen backbone")
+                self._split_and_freeze()
+            else:
+                _load_module(self.frozen, under_prefix("frozen", state), "frozen backbone")
+            _load_module(self.head, under_prefix("head", state), "head")
+            if counters.get("frozen_sha256") != self._frozen_digest():
+                raise CheckpointError("frozen backbone weights in the checkpoint do not match "
+                                      "their recorded hash")
+        else:
+            if self.is_pretrained:
+                raise CheckpointError("checkpoint was taken before the backbone was "
+                                      "pretrained; this learner is past that point")
+            _load_module(self.model, under_prefix("model", state), "network")
+        self.strategy.load_state_dict(under_prefix("strategy", state))
+        if self.buffer is not None:
+            self.buffer.load_state_dict(under_prefix("buffer", state))
+        self.timer.load_state_dict(under_prefix("timer", state))
+        self._generator.set_state(generator.clone())
+        self.n_updates, self.n_steps = n_updates, n_steps
+        self._restore_runner(onnx_file if pretrained else None)
+
+    def _restore_runner(self, onnx_file: str | None) -> None:
+        """Reopen the ONNX backbone a checkpoint ran on; the fp32 one can be re-exported from
+        the weights, the int8 one cannot (its calibration data is gone), so it must exist."""
+        self._runner = None
+        if self.backend == "torch" or onnx_file is None:
+            return
+        path = self.onnx_dir / onnx_file
+        if path.exists():
+            self._open_runner(path)
+        elif self.backend == "ort":
+            self._start_ort(calibration=None)
+        else:
+            raise CheckpointError(f"the int8 backbone {path} the checkpoint ran on is "
+                                  "missing; it is kept next to the checkpoints")
+
+    def _unsplit(self) -> None:
+        """Undo ``_split_and_freeze`` (used only to roll back a failed restore)."""
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+        self.model.train()
+        self.frozen = self.head = self._runner = None
 
     # -- checks -----------------------------------------------------------------------------
     def _check_inputs(self, x: np.ndarray) -> torch.Tensor:
@@ -298,9 +460,65 @@ class Learner:
 
     @torch.no_grad()
     def _latents(self, x: torch.Tensor) -> torch.Tensor:
-        chunks = [self.frozen(x[i:i + self.config.eval_batch_size].to(self.device))
-                  for i in range(0, len(x), self.config.eval_batch_size)]
+        step = self.config.eval_batch_size
+        if self._runner is not None:
+            chunks = [self._runner.run_torch(x[i:i + step]).to(self.device)
+                      for i in range(0, len(x), step)]
+        else:
+            chunks = [self.frozen(x[i:i + step].to(self.device))
+                      for i in range(0, len(x), step)]
         return torch.cat(chunks)
+
+    def _start_ort(self, *, calibration: torch.Tensor | None) -> None:
+        """Export the frozen part to ONNX (int8: quantized, calibrated on the first inputs
+        seen) and open an ONNX Runtime session on it."""
+        from edgecl.backbones.onnx import export_onnx, quantize_int8
+
+        self.onnx_dir.mkdir(parents=True, exist_ok=True)
+        digest = self._frozen_digest()[:16]
+        path = self.onnx_dir / f"frozen-{digest}.onnx"
+        if not path.exists():
+            export_onnx(self.frozen, path, input_shape=self.input_shape)
+        if self.backend == "ort-int8":
+            fp32_path, path = path, self.onnx_dir / f"frozen-{digest}-int8.onnx"
+            if not path.exists():
+                if calibration is None:
+                    raise UsageError("the int8 backbone needs calibration inputs: learn a "
+                                     "first batch before predicting")
+                # A fixed stride, not a random draw: the learner's generator must not move, so
+                # runs differ from the torch backend only by the backbone's arithmetic.
+                stride = max(1, len(calibration) // _CALIBRATION_SAMPLES)
+                quantize_int8(fp32_path, path,
+                              calibration=calibration[::stride].numpy().astype(np.float32))
+        self._open_runner(path)
+
+    def _open_runner(self, path: Path) -> None:
+        from edgecl.backbones.onnx import OrtRunner
+
+        self._runner = OrtRunner(path, providers=self.execution_providers,
+                                 threads=self.backend_threads, input_shape=self.input_shape)
+
+    def _frozen_digest(self) -> str:
+        """SHA-256 of the frozen part's weights and buffers (names, dtypes, shapes, bytes)."""
+        digest = hashlib.sha256()
+        for name, tensor in self.frozen.state_dict().items():
+            t = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+    def backend_info(self) -> dict[str, object]:
+        """Where the frozen backbone runs: backend, execution provider actually used, and
+        the ONNX file with its SHA-256 (ORT backends, once the backbone is frozen)."""
+        info: dict[str, object] = {"backend": self.backend,
+                                   "execution_provider": "torch:" + str(self.device)}
+        if self._runner is not None:
+            from edgecl.backbones.onnx import file_sha256
+
+            info.update(execution_provider=self._runner.provider,
+                        onnx_file=self._runner.path.name,
+                        onnx_sha256=file_sha256(self._runner.path))
+        return info
 
     @property
     def quantizes_eval(self) -> bool:
@@ -401,6 +619,28 @@ class Learner:
             self.buffer.add(latents, labels)
         self.head.eval()
         self.n_updates += 1
+
+
+def _json_roundtrip(value: Any) -> Any:
+    """``value`` as it reads back from a JSON manifest (tuples become lists, ...)."""
+    return json.loads(json.dumps(value))
+
+
+def _load_module(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
+    own = module.state_dict()
+    if set(own) != set(state):
+        missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        raise CheckpointError(f"{what} in the checkpoint does not fit: missing {missing[:3]}, "
+                              f"unexpected {extra[:3]} (another backbone or head?)")
+    for key, value in own.items():
+        got = state[key]
+        fits = isinstance(got, torch.Tensor) and (got.shape, got.dtype) == (value.shape,
+                                                                           value.dtype)
+        if not fits:
+            raise CheckpointError(f"{what} in the checkpoint does not fit: {key} is "
+                                  f"{tuple(getattr(got, 'shape', ()))}, expected "
+                                  f"{tuple(value.shape)} {value.dtype}")
+    module.load_state_dict(dict(state))
 
 
 def _minibatches(order: torch.Tensor, size: int) -> list[torch.Tensor]:

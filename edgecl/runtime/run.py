@@ -12,19 +12,24 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from edgecl import metrics
 from edgecl.data import build_scenario, load_dataset
-from edgecl.errors import EdgeclWarning, UsageError
+from edgecl.errors import CheckpointError, EdgeclWarning, UsageError
 from edgecl.memory import capacity_from_megabytes
-from edgecl.profiles import Profile, load_profile, resolve_torch_device
-from edgecl.runtime.learner import Learner, LearnerConfig
+from edgecl.profiles import (
+    Profile,
+    load_profile,
+    resolve_execution_providers,
+    resolve_torch_device,
+)
+from edgecl.runtime.checkpoint import list_checkpoints
+from edgecl.runtime.learner import BACKENDS, Learner, LearnerConfig
 from edgecl.strategies import create_strategy
-
-BACKENDS = ("torch",)  # ONNX Runtime backends come with the export issue
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,10 @@ class RunSpec:
     backbone_weights: str | None = None  # load a pretrained network instead of pretraining
     save_backbone: str | None = None     # write the network's weights at the end of the run
     threads: int | None = None           # torch threads; None: the profile's, at most the cores
+    checkpoint_dir: str | None = None    # save checkpoints here (and resume from them)
+    checkpoint_every: int | None = 50    # updates between checkpoints (and each experience end)
+    checkpoint_seconds: float | None = None  # also save when this much time has passed
+    resume: bool = False                 # continue from the newest valid checkpoint
     config: LearnerConfig = field(default_factory=LearnerConfig)
 
 
@@ -127,40 +136,61 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
                               "replay_bytes": capacity_from_megabytes(memory_mb),
                               "codec": spec.codec or strategy.codec or profile.budget.replay_codec,
                               "quantize_eval": spec.quantize_eval})
+    checkpoints = _Checkpointer.from_spec(spec)
+    providers, provider_warning = resolve_execution_providers(profile)
+    if spec.backend != "torch" and provider_warning:
+        notes.append(provider_warning)
     learner = Learner(strategy=strategy, input_shape=scenario.input_shape,
-                      n_classes=scenario.n_classes, config=config, device=device, seed=spec.seed)
-    if spec.backbone_weights is not None:
+                      n_classes=scenario.n_classes, config=config, device=device, seed=spec.seed,
+                      backend=spec.backend,
+                      execution_providers=providers,
+                      backend_threads=spec.threads or min(profile.device.threads,
+                                                          os.cpu_count() or 1),
+                      onnx_dir=checkpoints.onnx_dir if checkpoints else None)
+    learner.timer.stages["update"].budget_ms = update_ms
+    progress = _Progress()
+    if spec.resume:
+        restored = checkpoints.restore(learner)
+        progress = restored.progress
+        notes.extend(w for w in restored.notes if w not in notes)
+    elif spec.backbone_weights is not None:
         learner.load_backbone(spec.backbone_weights)
     experiences = scenario.experiences
     total = sum(len(e.y) for e in experiences)
     yield {"event": "start", "total_samples": total, "warnings": list(notes),
-           "n_experiences": len(experiences)}
+           "n_experiences": len(experiences), "resumed_at": progress.samples_done,
+           "resumed_from": checkpoints.restored_from if checkpoints else None}
 
-    matrix: list[list[float]] = []
-    streaming = metrics.StreamingAccuracy()
-    for exp in experiences:
+    for exp in experiences[progress.experience:]:
         # Online streams: the first experience warms the backbone up as a batch; after it,
         # every mini-batch is predicted first (test-then-train) and learned in one pass.
         if scenario.online and learner.is_pretrained:
             step = scenario.batch_size
-            for start in range(0, len(exp.y), step):
+            for start in range(progress.offset, len(exp.y), step):
                 x, y = exp.x[start:start + step], exp.y[start:start + step]
-                streaming.update(learner.predict_many(x), y)
+                progress.streaming.update(learner.predict_many(x), y)
                 with _collect_warnings(notes) as new:
                     learner.learn_many(x, y, epochs=1)
+                progress.advance(len(y), offset=start + len(y))
+                if checkpoints:
+                    checkpoints.maybe_save(learner, progress, notes)
                 yield {"event": "progress", "samples": len(y), "warnings": new}
         else:
             with _collect_warnings(notes) as new:
                 learner.learn_many(exp.x, exp.y)
+            progress.advance(len(exp.y), offset=len(exp.y))
             yield {"event": "progress", "samples": len(exp.y), "warnings": new}
         row = [learner.evaluate(e.x_test, e.y_test) for e in experiences]
-        matrix.append(row)
+        progress.finish_experience(row)
+        if checkpoints:
+            checkpoints.save(learner, progress, notes)
         yield {"event": "experience", "index": exp.index, "classes": list(exp.classes),
                "accuracy_row": row, "seen_accuracy": float(np.nanmean(row[: exp.index + 1]))}
 
+    matrix = progress.matrix
     latency = learner.timer.summary()
-    update_samples = np.asarray(learner.timer.samples_ms["update"])
-    over = float((update_samples > update_ms).mean()) if update_samples.size else 0.0
+    updates = learner.timer.stages["update"]
+    over = updates.n_over / updates.count if updates.count else 0.0
     memory = learner.memory_stats()
     report = _report_skeleton(spec, profile, device)
     report.update({
@@ -169,7 +199,7 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
         "accuracy_matrix": matrix,
         **metrics.summarize(matrix),
         "test_accuracy": learner.evaluate(dataset.x_test, dataset.y_test),
-        "streaming_accuracy": streaming.value if scenario.online else None,
+        "streaming_accuracy": progress.streaming.value if scenario.online else None,
         "class_order": list(scenario.class_order),
         "memory": {k: memory[k] for k in ("buffer_bytes", "bytes_per_sample", "n_stored",
                                           "codec", "peak_rss_mb", "strategy_state_bytes")}
@@ -177,13 +207,136 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
         "latency_ms": {stage: {k: v[k] for k in ("p50", "p95", "max")}
                        for stage, v in latency.items()},
         "budget": {"update_ms": update_ms, "memory_mb": profile.budget.memory_mb,
-                   "n_updates": int(update_samples.size), "over_budget_fraction": over},
+                   "n_updates": updates.count, "over_budget_fraction": over},
+        "backend_info": learner.backend_info(),
+        "checkpoints": checkpoints.summary() if checkpoints else None,
         "warnings": notes,
         "wall_s": time.perf_counter() - started,
     })
     if spec.save_backbone is not None:
         learner.save_backbone(spec.save_backbone)
     yield {"event": "done", "report": report}
+
+
+@dataclass
+class _Progress:
+    """Where a run is in its stream, and what it has measured so far (checkpointed)."""
+
+    experience: int = 0      # the experience being learned (or next to learn)
+    offset: int = 0          # samples of it already learned (online streams)
+    samples_done: int = 0
+    matrix: list[list[float]] = field(default_factory=list)
+    streaming: metrics.StreamingAccuracy = field(default_factory=metrics.StreamingAccuracy)
+
+    def advance(self, n: int, *, offset: int) -> None:
+        self.samples_done += n
+        self.offset = offset
+
+    def finish_experience(self, row: list[float]) -> None:
+        self.matrix.append(row)
+        self.experience += 1
+        self.offset = 0
+
+    def to_json(self) -> dict[str, object]:
+        return {"experience": self.experience, "offset": self.offset,
+                "samples_done": self.samples_done,
+                # JSON has no NaN (an empty test set's accuracy): stored as null
+                "matrix": [[None if v != v else v for v in row] for row in self.matrix],
+                "streaming": [self.streaming.correct, self.streaming.total]}
+
+    @classmethod
+    def from_json(cls, data: object) -> _Progress:
+        try:
+            progress = cls(experience=int(data["experience"]), offset=int(data["offset"]),
+                           samples_done=int(data["samples_done"]),
+                           matrix=[[float("nan") if v is None else float(v) for v in row]
+                                   for row in data["matrix"]])
+            progress.streaming.correct, progress.streaming.total = (
+                int(v) for v in data["streaming"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError("checkpoint's stream position is malformed") from None
+        return progress
+
+
+@dataclass
+class _Restored:
+    progress: _Progress
+    notes: list[str]
+
+
+class _Checkpointer:
+    """Saves the learner and the run's position every N updates or S seconds, and at the
+    end of every experience; restores the newest valid checkpoint on --resume."""
+
+    def __init__(self, directory: Path, *, run_meta: dict[str, object],
+                 every_updates: int | None, every_seconds: float | None) -> None:
+        self.directory = directory
+        self._spec_meta = run_meta
+        self.every_updates = every_updates
+        self.every_seconds = every_seconds
+        self.onnx_dir = directory / "backbone"
+        self.n_saved = 0
+        self.step = 0
+        self.save_ms: list[float] = []
+        self.restored_from: str | None = None
+        self.skipped: list[str] = []
+        self._last_updates = 0
+        self._last_time = time.monotonic()
+
+    @classmethod
+    def from_spec(cls, spec: RunSpec) -> _Checkpointer | None:
+        if spec.checkpoint_dir is None:
+            if spec.resume:
+                raise UsageError("--resume needs --checkpoint DIR")
+            return None
+        if not spec.resume and list_checkpoints(spec.checkpoint_dir):
+            raise UsageError(f"{spec.checkpoint_dir} already holds checkpoints: add --resume "
+                             "to continue that run, or choose another directory")
+        return cls(Path(spec.checkpoint_dir), run_meta=cls._run_meta(spec),
+                   every_updates=spec.checkpoint_every,
+                   every_seconds=spec.checkpoint_seconds)
+
+    @staticmethod
+    def _run_meta(spec: RunSpec) -> dict[str, object]:
+        """The parts of the spec that decide what the stream is: a resume must match them."""
+        keys = ("profile", "dataset", "scenario", "n_experiences", "seed", "online_batch_size",
+                "backbone_weights")
+        return {k: getattr(spec, k) for k in keys}
+
+    def maybe_save(self, learner: Learner, progress: _Progress, notes: list[str]) -> None:
+        due_updates = (self.every_updates is not None
+                       and learner.n_updates - self._last_updates >= self.every_updates)
+        due_time = (self.every_seconds is not None
+                    and time.monotonic() - self._last_time >= self.every_seconds)
+        if due_updates or due_time:
+            self.save(learner, progress, notes)
+
+    def save(self, learner: Learner, progress: _Progress, notes: list[str]) -> None:
+        started = time.perf_counter()
+        # Steps count checkpoints; a resumed run continues from the one it loaded.
+        self.step += 1
+        learner.save_checkpoint(self.directory, step=self.step,
+                                meta={**self._spec_meta, "progress": progress.to_json(),
+                                      "warnings": list(notes)})
+        self.save_ms.append((time.perf_counter() - started) * 1000)
+        self.n_saved += 1
+        self._last_updates = learner.n_updates
+        self._last_time = time.monotonic()
+
+    def restore(self, learner: Learner) -> _Restored:
+        checkpoint = learner.load_checkpoint(self.directory, expect=self._spec_meta)
+        self.restored_from = str(checkpoint.path)
+        self.step = checkpoint.step
+        self.skipped = list(checkpoint.skipped)
+        self._last_updates = learner.n_updates
+        notes = [str(n) for n in checkpoint.meta.get("warnings", [])]
+        notes += [f"checkpoint skipped: {why}" for why in checkpoint.skipped]
+        return _Restored(_Progress.from_json(checkpoint.meta.get("progress")), notes)
+
+    def summary(self) -> dict[str, object]:
+        return {"directory": str(self.directory), "n_saved": self.n_saved,
+                "save_ms_p50": float(np.median(self.save_ms)) if self.save_ms else None,
+                "resumed_from": self.restored_from, "skipped": self.skipped}
 
 
 def run(spec: RunSpec) -> dict[str, object]:

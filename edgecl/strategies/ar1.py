@@ -11,8 +11,10 @@ backbone pretraining.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
+from edgecl._state import under_prefix, with_prefix
 from edgecl.heads.cwr import ConsolidatedOutput
 from edgecl.strategies.base import STRATEGIES, Strategy, UpdateContext
 from edgecl.strategies.synaptic_intelligence import SynapticIntelligence
@@ -56,6 +58,24 @@ class AR1Star(Strategy):
         cwr = 0 if c is None else c.weight.nbytes + c.past.nbytes
         si = 0 if self.si is None else sum(t.nbytes for t in self.si.tensors())
         return cwr + si
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self.consolidated is None:
+            return {}
+        return {**with_prefix("cwr", self.consolidated.state_dict()),
+                **with_prefix("si", self.si.state_dict())}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if self.consolidated is None:
+            super().load_state_dict(state)
+            return
+        before = self.consolidated.state_dict()
+        self.consolidated.load_state_dict(under_prefix("cwr", state))
+        try:
+            self.si.load_state_dict(under_prefix("si", state))
+        except Exception:
+            self.consolidated.load_state_dict(before)
+            raise
 
     def __repr__(self) -> str:
         return f"AR1Star(si_strength={self.si_strength})"

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from edgecl._registry import Registry
+from edgecl.errors import CheckpointError
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,18 @@ class Strategy:
     def state_bytes(self) -> int:
         """Bytes of strategy state (importances, old weights, stored data) for the report."""
         return 0
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything the strategy learned (consolidated weights, importances, stored data),
+        as tensors, for checkpoints. Stateless strategies return an empty dict."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what ``state_dict`` returned (after ``configure``); CheckpointError if it
+        does not fit this strategy, leaving the strategy unchanged."""
+        if state:
+            raise CheckpointError(f"strategy {self.name} keeps no state, but the checkpoint "
+                                  f"has some ({', '.join(sorted(state)[:3])}): another strategy?")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from edgecl._state import tensor_entry
 from edgecl.strategies.base import STRATEGIES, Strategy, tensor_bytes
 
 
@@ -36,3 +37,17 @@ class Cumulative(Strategy):
 
     def state_bytes(self) -> int:
         return tensor_bytes(self._latents) + tensor_bytes(self._labels)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if not self._latents:
+            return {}
+        return {"latents": torch.cat(self._latents), "labels": torch.cat(self._labels)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if not state:
+            self._latents, self._labels = [], []
+            return
+        latents = tensor_entry(state, "latents", what="cumulative", dtype=torch.float32)
+        labels = tensor_entry(state, "labels", what="cumulative", shape=(len(latents),),
+                              dtype=torch.long)
+        self._latents, self._labels = [latents.clone()], [labels.clone()]

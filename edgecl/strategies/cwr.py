@@ -7,6 +7,7 @@ Difference here: the first update's hidden layers are trained during backbone pr
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from edgecl.heads.cwr import ConsolidatedOutput
@@ -33,6 +34,15 @@ class _CWRFamily(Strategy):
     def state_bytes(self) -> int:
         c = self.consolidated
         return 0 if c is None else c.weight.nbytes + c.past.nbytes
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {} if self.consolidated is None else self.consolidated.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if self.consolidated is None:
+            super().load_state_dict(state)
+        else:
+            self.consolidated.load_state_dict(state)
 
 
 @STRATEGIES.register("cwr")

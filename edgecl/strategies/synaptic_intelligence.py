@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgecl._state import tensor_entry
+
 
 class SynapticIntelligence:
     """SI state for a fixed set of named parameters."""
@@ -66,3 +68,18 @@ class SynapticIntelligence:
     def tensors(self) -> list[torch.Tensor]:
         return [*self.importance.values(), *self.anchor.values(), *self._path.values(),
                 *self._start.values(), *self._before_step.values()]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        groups = {"importance": self.importance, "anchor": self.anchor, "path": self._path,
+                  "start": self._start, "before_step": self._before_step}
+        return {f"{group}.{n}": t.clone() for group, tensors in groups.items()
+                for n, t in tensors.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        groups = {"importance": self.importance, "anchor": self.anchor, "path": self._path,
+                  "start": self._start, "before_step": self._before_step}
+        checked = {(group, n): tensor_entry(state, f"{group}.{n}", what="Synaptic "
+                                            "Intelligence", shape=t.shape, dtype=t.dtype)
+                   for group, tensors in groups.items() for n, t in tensors.items()}
+        for (group, n), value in checked.items():  # all checked first: no half-loaded state
+            groups[group][n].copy_(value)
