@@ -1,4 +1,4 @@
-"""The ``edgecl`` command line: ``learn``, ``strategies``, ``profiles``.
+"""The ``edgecl`` command line: ``learn``, ``export``, ``profile``, ``strategies``, ``profiles``.
 
 Exit codes: 0 success, 1 runtime failure, 2 usage error (bad flag, file, name or profile).
 Errors print one line on stderr; ``edgecl --debug ...`` shows the traceback instead.
@@ -246,6 +246,83 @@ def learn_command(profile: str, dataset: str, scenario: str, strategy: str, n_ex
             raise EdgeclError(f"the run finished but the report could not be written to "
                               f"{report_path}: {error.strerror or error}") from None
         click.echo(f"{'report':<28} {report_path}")
+
+
+def _shape(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        shape = tuple(int(d) for d in value.replace("x", ",").split(","))
+    except ValueError:
+        raise UsageError(f"--input-shape must be like 3,128,128 or 64, got {value!r}") from None
+    if not shape or min(shape) < 1:
+        raise UsageError(f"--input-shape must be positive sizes, got {value!r}")
+    return shape
+
+
+@cli.command("export")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="The .onnx file to write (with --quantize int8 the int8 model; the fp32 one "
+                   "is kept beside it as NAME-fp32.onnx).")
+@click.option("--backbone", default=None,
+              help="A built-in backbone (mlp, cnn, mobilenet), sized for --dataset or "
+                   "--input-shape.")
+@click.option("--from-checkpoint", "from_checkpoint", type=click.Path(file_okay=False),
+              default=None, help="Export what a run learned: the checkpoint directory of "
+                                 "'edgecl learn --checkpoint DIR'.")
+@click.option("--part", default="frozen", show_default=True,
+              type=click.Choice(["frozen", "head", "full"]),
+              help="The frozen backbone (raw input to latent), the head (latent to class "
+                   "scores) or the whole inference model.")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Also quantize to int8 (static, calibrated on samples from --dataset) and "
+                   "report the accuracy change on its test set.")
+@click.option("--dataset", default=None,
+              help="Data for the parity check, calibration and accuracy [default: the "
+                   "checkpoint's dataset, else digits].")
+@click.option("--backbone-weights", type=click.Path(dir_okay=False), default=None,
+              help="Trained weights for --backbone (from 'edgecl learn --save-backbone').")
+@click.option("--input-shape", default=None,
+              help="Per-sample input shape for --backbone without a dataset, e.g. 3,128,128.")
+@click.option("--classes", "n_classes", type=int, default=None,
+              help="Number of classes for --backbone [default: the dataset's, else 10].")
+def export_command(out: str, backbone: str | None, from_checkpoint: str | None, part: str,
+                   quantize: str | None, dataset: str | None, backbone_weights: str | None,
+                   input_shape: str | None, n_classes: int | None) -> None:
+    """Write a backbone, a learned head or the whole model as ONNX and check it.
+
+    The exported file has a dynamic batch dimension; it is run in ONNX Runtime next to
+    PyTorch on sample inputs, and the command fails if they disagree.
+
+    \b
+    Examples:
+      edgecl export --backbone mobilenet --input-shape 3,128,128 --out mobilenet.onnx
+      edgecl learn --dataset digits --checkpoint run1
+      edgecl export --from-checkpoint run1 --part full --quantize int8 --out digits.onnx
+    """
+    from edgecl.runtime.export import export_model
+
+    result = export_model(out=out, part=part, backbone=backbone,
+                          backbone_weights=backbone_weights, from_checkpoint=from_checkpoint,
+                          dataset=dataset, input_shape=_shape(input_shape),
+                          n_classes=n_classes, quantize=quantize)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    shape = ", ".join(map(str, result.input_shape))
+    click.echo(f"{'exported':<26} {result.part} part, input (batch, {shape})")
+    click.echo(f"{'fp32 model':<26} {result.fp32_path} ({result.fp32_path.stat().st_size:,} B)")
+    click.echo(f"{'parity vs PyTorch':<26} max abs {result.parity.max_abs:.2e}, max rel "
+               f"{result.parity.max_rel:.2e} (tolerance {result.parity_tolerance:.1e}): ok")
+    if result.accuracy_fp32 is not None:
+        click.echo(f"{'test accuracy, fp32':<26} {result.accuracy_fp32:.4f}")
+    if quantize:
+        click.echo(f"{'int8 model':<26} {result.path} ({result.path.stat().st_size:,} B)")
+        click.echo(f"{'int8 output error':<26} {100 * result.int8_relative_error:.2f}% of the "
+                   "mean |output|")
+        if result.accuracy_int8 is not None:
+            change = 100 * (result.accuracy_int8 - result.accuracy_fp32)
+            click.echo(f"{'test accuracy, int8':<26} {result.accuracy_int8:.4f} "
+                       f"({change:+.2f} points)")
 
 
 @cli.command("strategies")

@@ -342,8 +342,31 @@ class Learner:
 
         expected = {**_json_roundtrip(self.identity()), **dict(expect or {})}
         checkpoint = load_checkpoint(directory, expect=expected)
+        self._check_onnx_file(checkpoint.meta.get("backend_info"))
         self.load_state_dict(under_prefix("learner", checkpoint.tensors))
         return checkpoint
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | os.PathLike[str]) -> Learner:
+        """A learner rebuilt from the newest valid checkpoint in ``directory``: the same
+        backbone, strategy (with its default settings), configuration and backend (whose
+        ONNX files are kept in ``directory/backbone``), with its state loaded."""
+        from edgecl.runtime.checkpoint import load_checkpoint
+
+        meta = load_checkpoint(directory).meta
+        try:
+            config = LearnerConfig(**meta["config"])
+            learner = cls(strategy=str(meta["strategy"]),
+                          input_shape=tuple(int(d) for d in meta["input_shape"]),
+                          n_classes=int(meta["n_classes"]), backbone=str(meta["backbone"]),
+                          latent_layer=meta["latent_layer"], config=config,
+                          seed=int(meta["seed"]), backend=str(meta["backend"]),
+                          onnx_dir=Path(directory) / "backbone")
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"checkpoint in {directory} does not describe a learner: "
+                                  f"{type(error).__name__}: {error}") from None
+        learner.load_checkpoint(directory)
+        return learner
 
     def _load_state(self, state: Mapping[str, torch.Tensor]) -> None:
         counters = tensor_json(state.get("counters"), what="learner counters")
@@ -376,6 +399,17 @@ class Learner:
         self._generator.set_state(generator.clone())
         self.n_updates, self.n_steps = n_updates, n_steps
         self._restore_runner(onnx_file if pretrained else None)
+
+    def _check_onnx_file(self, info: Any) -> None:
+        """The ONNX backbone a checkpoint ran on must be the very file it recorded."""
+        if self.backend == "torch" or not isinstance(info, dict) or not info.get("onnx_file"):
+            return
+        from edgecl.backbones.onnx import file_sha256
+
+        path = self.onnx_dir / str(info["onnx_file"])
+        if path.exists() and file_sha256(path) != info.get("onnx_sha256"):
+            raise CheckpointError(f"{path} is not the ONNX backbone the checkpoint ran on "
+                                  "(its SHA-256 differs): the file was changed or damaged")
 
     def _restore_runner(self, onnx_file: str | None) -> None:
         """Reopen the ONNX backbone a checkpoint ran on; the fp32 one can be re-exported from

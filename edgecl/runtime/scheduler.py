@@ -1,0 +1,393 @@
+"""The update scheduler: before each update, decide how much of it fits the time budget.
+
+An update learns a mini-batch of new samples in ``n_steps`` optimizer steps, each on all
+the new samples plus ``replay_per_step`` latents replayed from the buffer. The scheduler
+sizes it from the cost model's prediction, generous budget to tight:
+
+    budget left over   ->  more replay per step, up to max_replay_per_step and the buffer,
+                           then more steps (each draws fresh replay), up to max_steps
+    budget tight       ->  less replay, down to min_replay_per_step, one step
+    too tight for the  ->  learn a subsample of the new data now, defer the rest to a
+    new data alone         bounded queue that idle() works through when no data comes
+
+Replay comes first because, under a fixed compute budget, spending it on uniformly sampled
+replay is hard to beat (Prabhu et al. 2023, "Computationally Budgeted Continual Learning:
+What Does Matter?"). The idle work follows the wake/sleep split of SIESTA (Harun et al.
+2023): learn cheaply while data streams in, consolidate with replay while it does not.
+
+Plans are made against ``budget_ms * target_fraction / cost.margin(quantile)``: the margin
+is the cost model's ``quantile`` of measured / predicted, so about ``1 - quantile`` of the
+updates run past ``budget_ms * target_fraction``, and with the default 0.8 and 0.99 well
+under 1 % run past the budget by more than 20 % (that takes an error 1.5x the 99th
+percentile's). No clock and no randomness inside: time comes in through :meth:`observe`,
+which is what makes the scheduler testable with a fake clock and replayable from a state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from edgecl.errors import BudgetError, CheckpointError, UsageError
+from edgecl.runtime.cost import UpdateCostModel
+
+__all__ = ["CATEGORIES", "UpdatePlan", "UpdateScheduler"]
+
+# Why a plan looks as it does; stats() counts plans by these.
+CATEGORIES = (
+    "fits",                  # all new data, full replay (what the buffer and cap allow)
+    "replay reduced",        # all new data, less replay than the cap
+    "new data subsampled",   # part of the new data now, the rest deferred
+    "nothing fits",          # no new data now, all deferred
+    "no new data",           # nothing was offered
+    "idle deferred",         # idle(): deferred samples learned
+    "idle replay",           # idle(): replay-only steps
+)
+
+
+@dataclass(frozen=True)
+class UpdatePlan:
+    """What to do in one update, and why."""
+
+    n_new_now: int  # new samples to learn now (the first ones; <= those offered)
+    n_deferred: int  # new samples the learner should hand to defer()
+    replay_per_step: int  # replayed latents in each step
+    n_steps: int  # optimizer steps, each on all n_new_now samples plus fresh replay
+    predicted_ms: float  # the cost model's prediction for this plan
+    budget_ms: float  # the budget the plan was made for (before the safety margin)
+    category: str  # one of CATEGORIES
+    reason: str  # one line for people: the category and, when something was cut, why
+    backbone_over_budget: bool = False  # the frozen forward of the new data alone won't fit
+    probe: bool = False  # one sample learned although nothing fits, to re-measure
+    items: tuple[Any, ...] = ()  # idle plans: the deferred items to learn, oldest first
+
+
+class UpdateScheduler:
+    """Sizes each update to a time budget with an :class:`UpdateCostModel`.
+
+    ``replay_available`` is how many latents the buffer holds: a number, or a callable
+    asked at each plan (``lambda: len(buffer)``); ``plan`` and ``idle`` may also be told.
+    The deferred queue holds at most ``max_deferred`` opaque items (whatever the learner
+    needs to learn a sample later); when full, the oldest are dropped, and counted.
+    ``idle_batch`` is the most deferred samples one idle update learns.
+    """
+
+    def __init__(
+        self,
+        *,
+        budget_ms: float,
+        cost: UpdateCostModel,
+        max_replay_per_step: int,
+        max_steps: int = 4,
+        min_replay_per_step: int = 0,
+        replay_available: int | Callable[[], int] = 0,
+        target_fraction: float = 0.8,  # plan to 80 %: headroom for the margin's own error
+        quantile: float = 0.99,  # margin quantile: ~1 % of updates may pass the target
+        max_deferred: int = 1024,  # queue bound; a stream faster than idle time drops oldest
+        idle_batch: int = 32,  # deferred samples per idle update, as a normal mini-batch
+        # When nothing fits, learn one sample anyway (a probe) while the cost model has seen
+        # fewer than calibration_updates updates, after probe_every plans in a row learned
+        # nothing, and right after a probe that ran within the planning budget: predictions
+        # only change through observed updates, so without probes a wrong prior, or a
+        # machine that was slow for a while, would starve the learner for good.
+        calibration_updates: int = 8,
+        probe_every: int = 16,
+    ) -> None:
+        if not (isinstance(budget_ms, (int, float)) and math.isfinite(budget_ms)
+                and budget_ms > 0):
+            raise BudgetError(f"update budget must be a positive number of ms, got {budget_ms!r}")
+        if not 0 <= min_replay_per_step <= max_replay_per_step:
+            raise UsageError(f"need 0 <= min_replay_per_step <= max_replay_per_step, got "
+                             f"{min_replay_per_step} and {max_replay_per_step}")
+        if min(max_steps, idle_batch, probe_every) < 1 or min(max_deferred,
+                                                              calibration_updates) < 0:
+            raise UsageError(f"need max_steps, idle_batch and probe_every >= 1, max_deferred "
+                             f"and calibration_updates >= 0, got {max_steps}, {idle_batch}, "
+                             f"{probe_every}, {max_deferred} and {calibration_updates}")
+        if not 0 < target_fraction <= 1:
+            raise UsageError(f"target_fraction must be in (0, 1], got {target_fraction}")
+        if not 0.5 <= quantile < 1:
+            raise UsageError(f"quantile must be in [0.5, 1), got {quantile}")
+        self.budget_ms = float(budget_ms)
+        self.cost = cost
+        self.max_replay_per_step = int(max_replay_per_step)
+        self.max_steps = int(max_steps)
+        self.min_replay_per_step = int(min_replay_per_step)
+        self.replay_available = replay_available
+        self.target_fraction = float(target_fraction)
+        self.quantile = float(quantile)
+        self.max_deferred = int(max_deferred)
+        self.idle_batch = int(idle_batch)
+        self.calibration_updates = int(calibration_updates)
+        self.probe_every = int(probe_every)
+        self._queue: deque[Any] = deque()
+        self._reset_counters()
+
+    def _reset_counters(self) -> None:
+        self.n_plans = 0
+        self.by_category = dict.fromkeys(CATEGORIES, 0)
+        self.n_backbone_over_budget = 0
+        self.n_probes = 0
+        self.n_deferred_total = 0
+        self.n_dropped_total = 0
+        self.n_observed = 0
+        self.n_over_budget = 0  # measured > the plan's budget
+        self.n_over_tolerance = 0  # measured > 1.2 x the plan's budget
+        self._sum_replay = 0  # over plans with at least one step
+        self._sum_steps = 0
+        self._n_stepped = 0
+        self._starved = 0  # plans in a row that had new data and learned none of it
+
+    # -- planning ----------------------------------------------------------------------------
+    def planning_budget_ms(self, budget_ms: float | None = None) -> float:
+        """What plans are sized to: ``budget * target_fraction / cost.margin(quantile)``."""
+        budget = self.budget_ms if budget_ms is None else budget_ms
+        return budget * self.target_fraction / self.cost.margin(self.quantile)
+
+    def plan(self, n_new: int, *, replay_available: int | None = None) -> UpdatePlan:
+        """Size the update that learns ``n_new`` newly arrived samples.
+
+        The learner learns the first ``plan.n_new_now`` of them now and hands the other
+        ``plan.n_deferred`` (in whatever form it can learn them from later) to
+        :meth:`defer`; after running the plan, it reports the wall time to :meth:`observe`.
+        """
+        if n_new < 0:
+            raise UsageError(f"n_new must be >= 0, got {n_new}")
+        plan = self._shape(n_new, self._available(replay_available), self.budget_ms,
+                           self.planning_budget_ms())
+        self._count(plan)
+        if n_new > 0:
+            self._starved = self._starved + 1 if plan.n_new_now == 0 else 0
+        return plan
+
+    def _probe_due(self) -> bool:
+        return (self.cost.n_observed < self.calibration_updates
+                or self._starved + 1 >= self.probe_every)
+
+    def _shape(self, n_new: int, available: int, budget_ms: float, planning_ms: float,
+               *, idle: bool = False) -> UpdatePlan:
+        """The plan for ``n_new`` samples under ``planning_ms``, generous to tight."""
+        cap = min(self.max_replay_per_step, available)
+        floor = min(self.min_replay_per_step, available)
+        predict = self.cost.predict_ms
+
+        def make(n_now: int, replay: int, steps: int, category: str, reason: str = "",
+                 flagged: bool = False, probe: bool = False) -> UpdatePlan:
+            if idle and n_now > 0:
+                category = "idle deferred"
+            return UpdatePlan(
+                n_new_now=n_now, n_deferred=n_new - n_now, replay_per_step=replay,
+                n_steps=steps, predicted_ms=predict(n_now, replay, steps) if steps else 0.0,
+                budget_ms=budget_ms, category=category,
+                reason=f"{category}: {reason}" if reason else category,
+                backbone_over_budget=flagged and not idle,  # idle budgets are not promises
+                probe=probe)
+
+        if n_new == 0:
+            return make(0, 0, 0, "no new data")
+        if predict(n_new, floor, 1) > planning_ms:
+            backbone_ms = self.cost.coefficients.backbone_ms_per_sample * n_new
+            flagged = backbone_ms > planning_ms
+            n_now = _largest(1, n_new - 1, lambda k: predict(k, floor, 1) <= planning_ms)
+            if flagged:
+                why = (f"backbone alone needs {backbone_ms:.3g} ms for {n_new} samples of a "
+                       f"{budget_ms:.3g} ms budget ({planning_ms:.3g} ms after the margin)")
+            else:
+                why = (f"{n_new} samples with {floor} replayed need "
+                       f"{predict(n_new, floor, 1):.3g} ms of {planning_ms:.3g} ms planned")
+            if n_now == 0 and not idle and self._probe_due():
+                return make(1, floor, 1, "new data subsampled",
+                            f"{why}; learning one sample to re-measure", flagged, probe=True)
+            if n_now == 0:
+                return make(0, 0, 0, "nothing fits", why, flagged)
+            return make(n_now, floor, 1, "new data subsampled", why, flagged)
+        replay = _largest(floor, cap, lambda r: predict(n_new, r, 1) <= planning_ms)
+        if replay < cap:
+            return make(n_new, replay, 1, "replay reduced",
+                        f"{replay} of {cap} per step fit {planning_ms:.3g} ms")
+        steps = _largest(1, self.max_steps, lambda s: predict(n_new, cap, s) <= planning_ms)
+        return make(n_new, cap, steps, "fits")
+
+    def idle(self, budget_ms: float, *, replay_available: int | None = None,
+             max_plans: int = 64) -> list[UpdatePlan]:
+        """Work for ``budget_ms`` with no new data: deferred samples first (oldest first,
+        taken off the queue and handed over in ``plan.items``), then replay-only updates.
+
+        Each idle plan is one update that also fits the normal update budget, so a sample
+        arriving meanwhile waits one update at most. The plans together fit
+        ``budget_ms * target_fraction / margin``.
+        """
+        if not (math.isfinite(budget_ms) and budget_ms >= 0):
+            raise UsageError(f"idle budget must be a time >= 0 in ms, got {budget_ms!r}")
+        available = self._available(replay_available)
+        per_update = self.planning_budget_ms()
+        remaining = self.planning_budget_ms(budget_ms)
+        plans: list[UpdatePlan] = []
+        while self._queue and len(plans) < max_plans:
+            n = min(len(self._queue), self.idle_batch)
+            plan = self._shape(n, available, min(self.budget_ms, budget_ms),
+                               min(per_update, remaining), idle=True)
+            if plan.n_new_now == 0:
+                break
+            items = tuple(self._queue.popleft() for _ in range(plan.n_new_now))
+            plans.append(replace(plan, n_deferred=0, items=items))
+            remaining -= plan.predicted_ms
+        while len(plans) < max_plans:
+            plan = self._replay_only(available, min(self.budget_ms, budget_ms),
+                                     min(per_update, remaining))
+            if plan is None:
+                break
+            plans.append(plan)
+            remaining -= plan.predicted_ms
+        for plan in plans:
+            self._count(plan)
+        return plans
+
+    def _replay_only(self, available: int, budget_ms: float, planning_ms: float
+                     ) -> UpdatePlan | None:
+        """The largest replay-only update within ``planning_ms``; None if none fits."""
+        cap = min(self.max_replay_per_step, available)
+        predict = self.cost.predict_ms
+        replay = _largest(1, cap, lambda r: predict(0, r, 1) <= planning_ms)
+        if replay < 1:
+            return None
+        steps = 1
+        if replay == cap:
+            steps = _largest(1, self.max_steps, lambda s: predict(0, cap, s) <= planning_ms)
+        return UpdatePlan(n_new_now=0, n_deferred=0, replay_per_step=replay, n_steps=steps,
+                          predicted_ms=predict(0, replay, steps), budget_ms=budget_ms,
+                          category="idle replay", reason="idle replay")
+
+    def _available(self, override: int | None) -> int:
+        value = override if override is not None else self.replay_available
+        if callable(value):
+            value = value()
+        if value < 0:
+            raise UsageError(f"replay_available must be >= 0, got {value}")
+        return int(value)
+
+    def _count(self, plan: UpdatePlan) -> None:
+        self.n_plans += 1
+        self.by_category[plan.category] += 1
+        self.n_backbone_over_budget += plan.backbone_over_budget
+        self.n_probes += plan.probe
+        if plan.n_steps > 0:
+            self._n_stepped += 1
+            self._sum_replay += plan.replay_per_step
+            self._sum_steps += plan.n_steps
+
+    # -- the deferred queue ------------------------------------------------------------------
+    def defer(self, items: Iterable[Any]) -> int:
+        """Queue samples to learn in idle time (a plan's last ``n_deferred``); returns how
+        many old ones were dropped to make room."""
+        dropped = 0
+        for item in items:
+            self.n_deferred_total += 1
+            self._queue.append(item)
+            if len(self._queue) > self.max_deferred:
+                self._queue.popleft()
+                dropped += 1
+        self.n_dropped_total += dropped
+        return dropped
+
+    @property
+    def n_queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def deferred(self) -> tuple[Any, ...]:
+        """The queued items, oldest first (a copy)."""
+        return tuple(self._queue)
+
+    # -- feedback ----------------------------------------------------------------------------
+    def observe(self, plan: UpdatePlan, measured_ms: float) -> None:
+        """The measured wall time of an executed plan: teaches the cost model, counts
+        updates over budget."""
+        if plan.n_steps == 0 and plan.n_new_now == 0:
+            return  # nothing ran
+        self.cost.observe(plan.n_new_now, plan.replay_per_step, plan.n_steps, measured_ms)
+        if plan.probe and measured_ms <= plan.budget_ms * self.target_fraction:
+            self._starved = self.probe_every  # faster than feared: probe again next time
+        self.n_observed += 1
+        self.n_over_budget += measured_ms > plan.budget_ms
+        self.n_over_tolerance += measured_ms > 1.2 * plan.budget_ms
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for a report: plans by category, replay and steps chosen, deferrals."""
+        stepped = max(self._n_stepped, 1)
+        observed = max(self.n_observed, 1)
+        return {
+            "budget_ms": self.budget_ms,
+            "n_plans": self.n_plans,
+            "by_category": dict(self.by_category),
+            "mean_replay_per_step": self._sum_replay / stepped,
+            "mean_steps": self._sum_steps / stepped,
+            "n_backbone_over_budget": self.n_backbone_over_budget,
+            "n_probes": self.n_probes,
+            "n_deferred_total": self.n_deferred_total,
+            "n_dropped_total": self.n_dropped_total,
+            "n_queued": self.n_queued,
+            "n_observed": self.n_observed,
+            "over_budget_fraction": self.n_over_budget / observed,
+            "over_tolerance_fraction": self.n_over_tolerance / observed,
+            "margin": self.cost.margin(self.quantile),
+        }
+
+    # -- state -------------------------------------------------------------------------------
+    _COUNTERS = ("n_plans", "n_backbone_over_budget", "n_probes", "n_deferred_total",
+                 "n_dropped_total", "n_observed", "n_over_budget", "n_over_tolerance",
+                 "_sum_replay", "_sum_steps", "_n_stepped", "_starved")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Counters and the cost model's state, as plain JSON-able values.
+
+        The deferred items are opaque and not saved: a restored scheduler starts with an
+        empty queue and counts the items it lost as dropped. The configuration (budget,
+        caps) is the constructor's, so a run may resume under a new budget.
+        """
+        state: dict[str, Any] = {"version": 1, "cost": self.cost.state_dict(),
+                                 "by_category": dict(self.by_category),
+                                 "n_queued": self.n_queued}
+        state.update({name.lstrip("_"): getattr(self, name) for name in self._COUNTERS})
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore from :meth:`state_dict`; CheckpointError if ``state`` is not one."""
+        if not isinstance(state, Mapping) or state.get("version") != 1:
+            raise CheckpointError("update scheduler state is invalid: not a version 1 state")
+        names = [*(n.lstrip("_") for n in self._COUNTERS), "n_queued"]
+        bad = [n for n in names if not _count_value(state.get(n))]
+        categories = state.get("by_category")
+        if not (isinstance(categories, Mapping) and set(categories) == set(CATEGORIES)
+                and all(_count_value(v) for v in categories.values())):
+            bad.append("by_category")
+        if bad:
+            raise CheckpointError(f"update scheduler state is invalid: {bad[0]} is missing "
+                                  "or not a count")
+        self.cost.load_state_dict(state.get("cost"))
+        for name in self._COUNTERS:
+            setattr(self, name, int(state[name.lstrip("_")]))
+        self.by_category = {c: int(categories[c]) for c in CATEGORIES}
+        self._queue.clear()
+        self.n_dropped_total += int(state["n_queued"])
+
+
+def _largest(lo: int, hi: int, ok: Callable[[int], bool]) -> int:
+    """The largest v in [lo, hi] with ok(v), for ok true up to some point and false after;
+    lo - 1 when ok(lo) is false."""
+    if hi < lo or not ok(lo):
+        return lo - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _count_value(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
