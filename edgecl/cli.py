@@ -135,9 +135,14 @@ def _print_table(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
 @click.option("--experiences", "n_experiences", default=5, show_default=True, type=int,
               help="Number of experiences the stream is cut into.")
 @click.option("--memory-mb", type=float, default=None,
-              help="Replay buffer budget in MB [default: the profile's replay_mb].")
+              help="Memory budget in MB for the replay buffer plus the strategy's own state "
+                   "(SI importances, consolidated weights, stored latents); a strategy whose "
+                   "state does not fit refuses to start [default: the profile's memory_mb].")
+@click.option("--replay-mb", type=float, default=None,
+              help="Replay buffer budget in MB, within --memory-mb [default: the profile's "
+                   "replay_mb].")
 @click.option("--replay-samples", type=int, default=200, show_default=True,
-              help="Replay buffer capacity in latents, within --memory-mb; 0 for bytes only.")
+              help="Replay buffer capacity in latents, within --replay-mb; 0 for bytes only.")
 @click.option("--codec", default=None, type=click.Choice(list_codecs()),
               help="How replayed latents are stored [default: the strategy's own codec "
                    "(remind: pq), else the profile's replay_codec].")
@@ -174,7 +179,8 @@ def _print_table(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
               help="Continue from the newest valid checkpoint in --checkpoint DIR; the run "
                    "ends with the same results as one that was never stopped.")
 def learn_command(profile: str, dataset: str, scenario: str, strategy: str, n_experiences: int,
-                  memory_mb: float | None, replay_samples: int, codec: str | None,
+                  memory_mb: float | None, replay_mb: float | None, replay_samples: int,
+                  codec: str | None,
                   quantize_eval: bool | None,
                   update_budget_ms: float | None, backend: str, online_batch_size: int,
                   backbone_weights: str | None, save_backbone: str | None, seed: int,
@@ -195,8 +201,9 @@ def learn_command(profile: str, dataset: str, scenario: str, strategy: str, n_ex
     STRATEGIES.get(strategy)  # an unknown name fails before any data is loaded
     if replay_samples < 0:
         raise UsageError(f"--replay-samples must be >= 0, got {replay_samples}")
-    if memory_mb is not None and not memory_mb > 0:
-        raise UsageError(f"--memory-mb must be positive, got {memory_mb}")
+    for flag, value in (("--memory-mb", memory_mb), ("--replay-mb", replay_mb)):
+        if value is not None and not value > 0:
+            raise UsageError(f"{flag} must be positive, got {value}")
     if update_budget_ms is not None and not update_budget_ms > 0:
         raise UsageError(f"--update-budget-ms must be positive, got {update_budget_ms}")
     if online_batch_size < 1:
@@ -208,7 +215,7 @@ def learn_command(profile: str, dataset: str, scenario: str, strategy: str, n_ex
     if resume and checkpoint_dir is None:
         raise UsageError("--resume needs --checkpoint DIR (where the checkpoints are)")
     spec = RunSpec(profile=profile, dataset=dataset, scenario=scenario, strategy=strategy,
-                   n_experiences=n_experiences, seed=seed, memory_mb=memory_mb,
+                   n_experiences=n_experiences, seed=seed, memory_mb=memory_mb, replay_mb=replay_mb,
                    replay_samples=replay_samples or None, codec=codec,
                    quantize_eval=quantize_eval,
                    update_budget_ms=update_budget_ms, backend=backend,

@@ -188,7 +188,7 @@ def test_backbone_saved_by_one_run_is_reused_by_the_next(tmp_path):
 
 def test_pq_codec_under_a_tenth_of_a_megabyte(tmp_path):
     """Issue 3's acceptance run: PQ latents in 0.1 MB, codebooks included."""
-    _, report = _learn(tmp_path, "--dataset", "digits", "--codec", "pq", "--memory-mb", "0.1",
+    _, report = _learn(tmp_path, "--dataset", "digits", "--codec", "pq", "--replay-mb", "0.1",
                        "--replay-samples", "0", "--strategy", "latent-replay")
     memory = report["memory"]
     assert memory["codec"] == "pq"

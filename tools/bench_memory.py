@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                     samples: int | None, dataset: str = dataset,
                     weights: dict[int, str] = weights) -> dict:
                 spec = RunSpec(dataset=dataset, strategy=strategy, codec=codec, seed=seed,
-                               n_experiences=args.experiences, memory_mb=memory_mb,
+                               n_experiences=args.experiences, replay_mb=memory_mb,
                                replay_samples=samples, backbone_weights=weights[seed],
                                threads=args.threads)
                 report = run(spec)

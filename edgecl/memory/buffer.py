@@ -115,7 +115,7 @@ class BudgetedBuffer:
                 raise BudgetError("replay buffer has max_samples=0: it can hold nothing")
             raise BudgetError(
                 f"replay memory of {self.max_bytes} bytes holds no latent of {dim} values "
-                f"({self.bytes_per_sample(dim)} bytes each); raise --memory-mb")
+                f"({self.bytes_per_sample(dim)} bytes each); raise --replay-mb")
         self._dim = dim
         return capacity
 

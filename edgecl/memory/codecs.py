@@ -392,7 +392,7 @@ class ProductQuantizationCodec(Codec):
             raise BudgetError(
                 f"codec {self.name}: {what}the smallest codebooks (2 centroids x {padded} "
                 f"values, float32) need {fixed + 8 * padded} bytes, more than half of the "
-                f"{max_bytes}-byte replay budget; raise --memory-mb or use --codec uint8")
+                f"{max_bytes}-byte replay budget; raise --replay-mb or use --codec uint8")
         return k
 
     @property

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from edgecl.errors import CheckpointError, UsageError
+from edgecl.errors import CheckpointError, EdgeclWarning, UsageError
 
 if TYPE_CHECKING:
     from edgecl.profiles import Profile
@@ -369,6 +370,8 @@ def measure_host_rates(*, threads: int, seconds: float = 0.5) -> Roofline:
     other at every barrier), while the fastest call is what this machine does with the work
     to itself; rounds spread every probe over the whole window, so one burst of other work
     cannot spoil one probe. (How busy the machine really is, UpdateCostModel learns online.)
+    When the busy spell lasts the whole calibration, nothing saves it: an EdgeclWarning says
+    so when the threads got under 80 % of their cores' time.
     The overhead is subtracted from each probe before its rate is taken. Under 2 s for the
     default ``seconds``.
     """
@@ -379,9 +382,20 @@ def measure_host_rates(*, threads: int, seconds: float = 0.5) -> Roofline:
     try:
         with torch.no_grad():
             probes, work = _host_probes()
+            wall, cpu = time.perf_counter(), time.process_time()
             best = _fastest_in_rounds(probes, max(seconds, 0.01))
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     finally:
         torch.set_num_threads(before)
+    # On a machine to itself the threads run nearly all the time (over 90 % here); when
+    # other work competes for the cores, they run only part of it, and when that lasts for
+    # the whole calibration even the fastest calls are slow.
+    share = cpu / max(wall * threads, 1e-9)
+    if share < 0.8:
+        warnings.warn(EdgeclWarning(
+            f"the machine was busy while calibrating host rates: {threads} thread(s) ran "
+            f"{share:.0%} of the time, so the rates may be far too low; measure again when "
+            "it is idle"), stacklevel=2)
     overhead_s = best["overhead"]
 
     def rate(name: str) -> float:  # work per second beyond the fixed overhead

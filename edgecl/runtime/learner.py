@@ -34,7 +34,7 @@ from edgecl.backbones import (
     replace_batchnorm_with_renorm,
     split_model,
 )
-from edgecl.errors import CheckpointError, DataError, UsageError
+from edgecl.errors import BudgetError, CheckpointError, DataError, UsageError
 from edgecl.memory import ReplayBuffer, create_buffer, create_codec
 from edgecl.runtime.timing import StageTimer
 from edgecl.strategies import Strategy, UpdateContext, create_strategy
@@ -57,6 +57,7 @@ class LearnerConfig:
     pretrain_lr: float = 1e-3       # Adam: robust without tuning on small first batches
     replay_samples: int | None = 200  # replay capacity in samples (None: bytes only)
     replay_bytes: int | None = None   # replay capacity in bytes (None: samples only)
+    memory_bytes: int | None = None   # budget for replay plus strategy state (None: no limit)
     codec: str | None = None          # replay storage; None: the strategy's codec, else fp32
     quantize_eval: bool | None = None  # evaluate through the codec; None: strategy or codec
     batch_renorm: bool = True       # BatchRenorm instead of BatchNorm in the head
@@ -97,6 +98,7 @@ class Learner:
         execution_providers: Sequence[str] | None = None,
         backend_threads: int | None = None,
         onnx_dir: str | os.PathLike[str] | None = None,
+        stream_samples: int | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise UsageError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
@@ -125,13 +127,25 @@ class Learner:
         self.timer = StageTimer()
         self.buffer: ReplayBuffer | None = None
         self.codec_name = self.config.codec or self.strategy.codec or "fp32"
+        # The strategy's own state is planned first; the replay buffer gets what is left of
+        # the memory budget (at most its own byte limit).
+        self.planned_state_bytes = self.strategy.planned_state_bytes(
+            split_model(self.model, self.latent_layer).head,
+            latent_dim=math.prod(self.latent_shape), stream_samples=stream_samples)
+        self.replay_bytes = self._replay_room()
         if self.strategy.uses_replay:
             self.buffer = create_buffer(
                 self.strategy.buffer_kind, max_samples=self.config.replay_samples,
-                max_bytes=self.config.replay_bytes, codec=create_codec(self.codec_name),
-                seed=seed)
+                max_bytes=self.replay_bytes, codec=create_codec(self.codec_name), seed=seed)
             # Fail now, before any training, if not even one latent fits the budget.
-            self.buffer.reserve(math.prod(self.latent_shape))
+            try:
+                self.buffer.reserve(math.prod(self.latent_shape))
+            except BudgetError as error:
+                if self.replay_bytes == self.config.replay_bytes:
+                    raise
+                raise BudgetError(f"{error} (the strategy's state takes "
+                                  f"{sum(self.planned_state_bytes.values()):,} of the "
+                                  f"{self.config.memory_bytes:,}-byte memory budget)") from None
         self.n_updates = 0      # learn calls completed (an experience or an online mini-batch)
         self.n_steps = 0        # optimizer steps taken on the head
         self.frozen: nn.Sequential | None = None
@@ -265,6 +279,21 @@ class Learner:
         stats["strategy_state_bytes"] = self.strategy.state_bytes()
         stats["peak_rss_mb"] = self.timer.peak_rss_bytes / 2**20
         return stats
+
+    def _replay_room(self) -> int | None:
+        """Replay bytes: the configured limit, within what the memory budget leaves after the
+        strategy's planned state; BudgetError naming the parts if that state does not fit."""
+        budget = self.config.memory_bytes
+        if budget is None:
+            return self.config.replay_bytes
+        state = sum(self.planned_state_bytes.values())
+        if state > budget:
+            parts = ", ".join(f"{what}: {n:,} B" for what, n in self.planned_state_bytes.items())
+            raise BudgetError(f"strategy {self.strategy.name} needs {state:,} bytes of state "
+                              f"({parts}), more than the memory budget of {budget:,} bytes; "
+                              "raise --memory-mb or choose a lighter strategy")
+        room = budget - state
+        return room if self.config.replay_bytes is None else min(self.config.replay_bytes, room)
 
     # -- checkpoints ------------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:

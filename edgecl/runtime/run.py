@@ -42,7 +42,8 @@ class RunSpec:
     strategy: str = "ar1*"
     n_experiences: int = 5
     seed: int = 0
-    memory_mb: float | None = None       # replay byte budget; None: the profile's replay_mb
+    memory_mb: float | None = None       # replay + strategy state; None: the profile's memory_mb
+    replay_mb: float | None = None       # replay buffer bytes; None: the profile's replay_mb
     replay_samples: int | None = 200     # replay capacity in samples, on top of the bytes
     codec: str | None = None             # None: the strategy's codec, else the profile's
     quantize_eval: bool | None = None    # None: the strategy decides (REMIND: yes)
@@ -127,13 +128,15 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
     batch = {"batch_size": spec.online_batch_size} if spec.scenario == "online" else {}
     scenario = build_scenario(spec.scenario, dataset, n_experiences=spec.n_experiences,
                               seed=spec.seed, **batch)
-    memory_mb = spec.memory_mb if spec.memory_mb is not None else profile.budget.replay_mb
+    memory_mb = spec.memory_mb if spec.memory_mb is not None else profile.budget.memory_mb
+    replay_mb = spec.replay_mb if spec.replay_mb is not None else profile.budget.replay_mb
     update_ms = (spec.update_budget_ms if spec.update_budget_ms is not None
                  else profile.budget.update_ms)
     strategy = create_strategy(spec.strategy)
     config = LearnerConfig(**{**asdict(spec.config),
                               "replay_samples": spec.replay_samples,
-                              "replay_bytes": capacity_from_megabytes(memory_mb),
+                              "replay_bytes": capacity_from_megabytes(replay_mb),
+                              "memory_bytes": capacity_from_megabytes(memory_mb),
                               "codec": spec.codec or strategy.codec or profile.budget.replay_codec,
                               "quantize_eval": spec.quantize_eval})
     checkpoints = _Checkpointer.from_spec(spec)
@@ -146,7 +149,8 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
                       execution_providers=providers,
                       backend_threads=spec.threads or min(profile.device.threads,
                                                           os.cpu_count() or 1),
-                      onnx_dir=checkpoints.onnx_dir if checkpoints else None)
+                      onnx_dir=checkpoints.onnx_dir if checkpoints else None,
+                      stream_samples=sum(len(e.y) for e in scenario.experiences))
     learner.timer.stages["update"].budget_ms = update_ms
     progress = _Progress()
     if spec.resume:
@@ -203,10 +207,12 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
         "class_order": list(scenario.class_order),
         "memory": {k: memory[k] for k in ("buffer_bytes", "bytes_per_sample", "n_stored",
                                           "codec", "peak_rss_mb", "strategy_state_bytes")}
-                  | {"replay_budget_mb": memory_mb, "replay_samples_cap": spec.replay_samples},
+                  | {"replay_budget_mb": replay_mb, "replay_samples_cap": spec.replay_samples,
+                     "replay_bytes_granted": learner.replay_bytes,
+                     "planned_state_bytes": learner.planned_state_bytes},
         "latency_ms": {stage: {k: v[k] for k in ("p50", "p95", "max")}
                        for stage, v in latency.items()},
-        "budget": {"update_ms": update_ms, "memory_mb": profile.budget.memory_mb,
+        "budget": {"update_ms": update_ms, "memory_mb": memory_mb,
                    "n_updates": updates.count, "over_budget_fraction": over},
         "backend_info": learner.backend_info(),
         "checkpoints": checkpoints.summary() if checkpoints else None,

@@ -90,9 +90,9 @@ class UpdateScheduler:
         idle_batch: int = 32,  # deferred samples per idle update, as a normal mini-batch
         # When nothing fits, learn one sample anyway (a probe) while the cost model has seen
         # fewer than calibration_updates updates, after probe_every plans in a row learned
-        # nothing, and right after a probe that ran within the planning budget: predictions
-        # only change through observed updates, so without probes a wrong prior, or a
-        # machine that was slow for a while, would starve the learner for good.
+        # nothing, and right after a probe that ran within budget * target_fraction:
+        # predictions only change through observed updates, so without probes a wrong
+        # prior, or a machine that was slow for a while, would starve the learner for good.
         calibration_updates: int = 8,
         probe_every: int = 16,
     ) -> None:

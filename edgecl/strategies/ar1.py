@@ -59,6 +59,15 @@ class AR1Star(Strategy):
         si = 0 if self.si is None else sum(t.nbytes for t in self.si.tensors())
         return cwr + si
 
+    def planned_state_bytes(self, head: nn.Sequential, *, latent_dim: int,
+                            stream_samples: int | None) -> dict[str, int]:
+        output = head[-1]
+        hidden = sum(p.nbytes for p in head[:-1].parameters())
+        return {"CWR* consolidated output weights and class counts":
+                output.weight.nbytes + 8 * output.out_features,
+                # importance, anchor, path integral, start and pre-step copies
+                "Synaptic Intelligence state (5 copies of the hidden layers)": 5 * hidden}
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         if self.consolidated is None:
             return {}

@@ -97,6 +97,14 @@ class Strategy:
         """Bytes of strategy state (importances, old weights, stored data) for the report."""
         return 0
 
+    def planned_state_bytes(self, head: nn.Sequential, *, latent_dim: int,
+                            stream_samples: int | None) -> dict[str, int]:
+        """Bytes of state the strategy will hold for this head, by what it is, before any
+        training: the learner checks them against the memory budget and refuses to start
+        if they do not fit. ``stream_samples`` (None: unknown) sizes state that grows with
+        the stream."""
+        return {}
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Everything the strategy learned (consolidated weights, importances, stored data),
         as tensors, for checkpoints. Stateless strategies return an empty dict."""

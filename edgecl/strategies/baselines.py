@@ -38,6 +38,15 @@ class Cumulative(Strategy):
     def state_bytes(self) -> int:
         return tensor_bytes(self._latents) + tensor_bytes(self._labels)
 
+    def planned_state_bytes(self, head: torch.nn.Sequential, *, latent_dim: int,
+                            stream_samples: int | None) -> dict[str, int]:
+        # Every latent of the stream, as float32, with an int64 label. Unknown length: the
+        # check happens as it grows (see state_bytes in the report).
+        if stream_samples is None:
+            return {}
+        return {f"every latent of the stream ({stream_samples} x {latent_dim} float32)":
+                stream_samples * (4 * latent_dim + 8)}
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         if not self._latents:
             return {}

@@ -35,6 +35,12 @@ class _CWRFamily(Strategy):
         c = self.consolidated
         return 0 if c is None else c.weight.nbytes + c.past.nbytes
 
+    def planned_state_bytes(self, head: nn.Sequential, *, latent_dim: int,
+                            stream_samples: int | None) -> dict[str, int]:
+        output = head[-1]
+        return {"consolidated output weights and class counts":
+                output.weight.nbytes + 8 * output.out_features}
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {} if self.consolidated is None else self.consolidated.state_dict()
 
