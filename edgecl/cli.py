@@ -106,9 +106,16 @@ def _print_table(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     if report.get("streaming_accuracy") is not None:
         lines.append(("streaming accuracy", _fmt_acc(report["streaming_accuracy"])))
     lines += [
-        ("ms per update p50 / p95", f"{upd['p50']:.2f} / {upd['p95']:.2f}  (budget "
-         f"{budget['update_ms']:g} ms, {100 * budget['over_budget_fraction']:.1f}% of "
-         f"{budget['n_updates']} over)"),
+        ("ms/update p50 / p95 / max", f"{upd['p50']:.2f} / {upd['p95']:.2f} / "
+         f"{upd['max']:.1f}  (budget {budget['update_ms']:g} ms, "
+         f"{100 * budget['over_budget_fraction']:.1f}% of {budget['n_updates']} over, "
+         f"{100 * budget['far_over_budget_fraction']:.1f}% over by >20%)"),
+        ("replay per update", f"{budget['replay_per_update']:.1f} latents"
+         + (f" (scheduled: {_schedule_summary(budget['scheduler'])})"
+            if "scheduler" in budget else f" ({budget['schedule']} schedule)")),
+        ("memory in use / budget", f"{budget['memory_used_bytes']:,} / "
+         f"{budget['memory_budget_bytes']:,} bytes (replay + strategy state)"
+         if budget.get("memory_budget_bytes") else "no memory budget"),
         ("replay buffer", f"{memory['n_stored']} latents, {memory['buffer_bytes']:,} bytes "
          f"({memory['bytes_per_sample']:,} B each, {memory['codec']})"),
         ("backbone runs on", f"{report['backend']} "
@@ -119,6 +126,16 @@ def _print_table(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     echo("")
     for label, value in lines:
         echo(f"{label:<28} {value}")
+
+
+def _schedule_summary(stats: dict[str, Any]) -> str:
+    parts = [f"{stats['mean_steps']:.2f} steps/update"]
+    if stats["n_deferred_total"]:
+        parts.append(f"{stats['n_deferred_total']} samples deferred, "
+                     f"{stats['n_dropped_total']} dropped")
+    if stats["n_backbone_over_budget"]:
+        parts.append(f"backbone alone over budget {stats['n_backbone_over_budget']} times")
+    return ", ".join(parts)
 
 
 @cli.command("learn")
@@ -152,6 +169,15 @@ def _print_table(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
                    "and opq].")
 @click.option("--update-budget-ms", type=float, default=None,
               help="Latency budget of one update in ms [default: the profile's update_ms].")
+@click.option("--schedule", default="budget", show_default=True,
+              type=click.Choice(["budget", "fixed"]),
+              help="budget: size each streaming update (replay, optimizer steps, subsampling) "
+                   "to fit --update-budget-ms, from a cost model corrected by measured times; "
+                   "fixed: the configured replay and one step, so that runs are reproducible "
+                   "bit for bit (timings then only report the budget).")
+@click.option("--sleep-ms", type=float, default=0.0, show_default=True,
+              help="Idle time after each experience for sleep consolidation: deferred "
+                   "samples, then more replay (with --schedule budget).")
 @click.option("--backend", default="torch", show_default=True,
               type=click.Choice(["torch", "ort", "ort-int8"]),
               help="Where the frozen backbone runs: PyTorch, or ONNX Runtime in fp32 or int8 "
@@ -182,7 +208,8 @@ def learn_command(profile: str, dataset: str, scenario: str, strategy: str, n_ex
                   memory_mb: float | None, replay_mb: float | None, replay_samples: int,
                   codec: str | None,
                   quantize_eval: bool | None,
-                  update_budget_ms: float | None, backend: str, online_batch_size: int,
+                  update_budget_ms: float | None, schedule: str, sleep_ms: float,
+                  backend: str, online_batch_size: int,
                   backbone_weights: str | None, save_backbone: str | None, seed: int,
                   report_path: Path | None, checkpoint_dir: str | None, checkpoint_every: int,
                   checkpoint_seconds: float | None, resume: bool) -> None:
@@ -208,6 +235,8 @@ def learn_command(profile: str, dataset: str, scenario: str, strategy: str, n_ex
         raise UsageError(f"--update-budget-ms must be positive, got {update_budget_ms}")
     if online_batch_size < 1:
         raise UsageError(f"--online-batch-size must be >= 1, got {online_batch_size}")
+    if not sleep_ms >= 0:
+        raise UsageError(f"--sleep-ms must be >= 0, got {sleep_ms}")
     if checkpoint_every < 1:
         raise UsageError(f"--checkpoint-every must be >= 1, got {checkpoint_every}")
     if checkpoint_seconds is not None and not checkpoint_seconds > 0:
@@ -218,7 +247,8 @@ def learn_command(profile: str, dataset: str, scenario: str, strategy: str, n_ex
                    n_experiences=n_experiences, seed=seed, memory_mb=memory_mb, replay_mb=replay_mb,
                    replay_samples=replay_samples or None, codec=codec,
                    quantize_eval=quantize_eval,
-                   update_budget_ms=update_budget_ms, backend=backend,
+                   update_budget_ms=update_budget_ms, schedule=schedule,
+                   sleep_ms=sleep_ms, backend=backend,
                    online_batch_size=online_batch_size, backbone_weights=backbone_weights,
                    save_backbone=save_backbone, checkpoint_dir=checkpoint_dir,
                    checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
@@ -330,6 +360,113 @@ def export_command(out: str, backbone: str | None, from_checkpoint: str | None, 
             change = 100 * (result.accuracy_int8 - result.accuracy_fp32)
             click.echo(f"{'test accuracy, int8':<26} {result.accuracy_int8:.4f} "
                        f"({change:+.2f} points)")
+
+
+@cli.command("profile")
+@click.option("--profile", "profile", default="cpu", show_default=True,
+              help="Device profile whose figures the predictions use (name or .toml path).")
+@click.option("--backbone", default=None,
+              help="mlp, cnn or mobilenet [default: the one that suits the input shape].")
+@click.option("--input-shape", default=None,
+              help="Per-sample input shape, e.g. 3,128,128 (MobileNet at CORe50 phone size) "
+                   "[default: the dataset's].")
+@click.option("--dataset", default="digits", show_default=True,
+              help="Gives the input shape and classes when --input-shape is not set; the "
+                   "timings use synthetic inputs (weights and values do not change speed).")
+@click.option("--classes", "n_classes", type=int, default=None,
+              help="Number of classes [default: the dataset's].")
+@click.option("--strategy", default="ar1*", show_default=True, help="The strategy to profile.")
+@click.option("--codec", default=None, type=click.Choice(list_codecs()),
+              help="Replay codec [default: the strategy's, else the profile's replay_codec].")
+@click.option("--backend", "backends", multiple=True,
+              type=click.Choice(["torch", "ort", "ort-int8"]),
+              help="Backends to time the backbone on (repeatable) [default: all three].")
+@click.option("--batch", default=32, show_default=True, type=int,
+              help="The larger batch size timed (batch 1 is always timed).")
+@click.option("--repeats", default=30, show_default=True, type=int,
+              help="Timed calls per figure, after --warmup untimed ones.")
+@click.option("--warmup", default=5, show_default=True, type=int)
+@click.option("--threads", type=int, default=None,
+              help="Threads [default: the profile's, at most this machine's cores].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def profile_command(profile: str, backbone: str | None, input_shape: str | None, dataset: str,
+                    n_classes: int | None, strategy: str, codec: str | None,
+                    backends: tuple[str, ...], batch: int, repeats: int, warmup: int,
+                    threads: int | None, as_json: bool) -> None:
+    """Time every stage here and predict it on the profile's device.
+
+    Measures the backbone forward (per backend), a streaming head update, the replay
+    codec and predict (p50/p95/max after warm-up), counts FLOPs and bytes, and prints next
+    to each measurement the roofline prediction for this host (how far to trust the model)
+    and for the profile's device.
+
+    \b
+    Example:
+      edgecl profile --profile jetson-orin-nano --backbone mobilenet --input-shape 3,128,128
+    """
+    from edgecl.data import load_dataset
+    from edgecl.profiles import load_profile
+    from edgecl.runtime.profiler import ProfileRequest, profile_stages
+    from edgecl.strategies import STRATEGIES
+
+    STRATEGIES.get(strategy)
+    device_profile = load_profile(profile)
+    shape = _shape(input_shape)
+    if shape is None or n_classes is None:
+        data = load_dataset(dataset)
+        shape = shape or tuple(data.x_train.shape[1:])
+        n_classes = n_classes or len(data.classes)
+    if n_classes < 2:
+        raise UsageError(f"--classes must be >= 2, got {n_classes}")
+    request = ProfileRequest(input_shape=shape, n_classes=n_classes, backbone=backbone,
+                             strategy=strategy, codec=codec,
+                             backends=backends or ("torch", "ort", "ort-int8"), batch=batch,
+                             repeats=repeats, warmup=warmup, threads=threads)
+    quiet = as_json or not sys.stderr.isatty()
+    report = profile_stages(device_profile, request,
+                            progress=None if quiet else lambda m: click.echo(m + " ...",
+                                                                             err=True))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    _print_profile(report)
+
+
+def _print_profile(report: dict[str, Any]) -> None:
+    echo = click.echo
+    model = report["model"]
+    echo(f"{model['strategy']} on {model['backbone']} {tuple(model['input_shape'])} -> latent "
+         f"{tuple(model['latent_shape'])}; profile {report['profile']} ({report['device']})")
+    echo(f"backbone {model['backbone_flops_per_sample'] / 1e6:.2f} MFLOP/sample, "
+         f"{model['backbone_params']:,} params; head {model['head_params']:,} params, "
+         f"{model['head_train_flops_per_sample'] / 1e6:.3f} MFLOP/sample per training step")
+    echo("")
+    echo(f"{'stage':<36} {'backend':<9} {'batch':>5} | {'p50':>8} {'p95':>8} {'max':>8} | "
+         f"{'pred.':>8} {'meas/pred':>9} | {'device':>8}")
+    echo(f"{'':<36} {'':<9} {'':>5} | {'measured here (ms)':^26} | {'host roofline':^18} | "
+         f"{'pred. ms':>8}")
+
+    def ms(value: float | None) -> str:
+        return "     -  " if value is None else f"{value:8.3f}"
+
+    for row in report["stages"]:
+        m = row["measured_here_ms"]
+        ratio = row["host_measured_over_predicted"]
+        backend = row.get("backend") or row.get("codec") or ""
+        echo(f"{row['stage']:<36} {backend:<9} {row['batch']:>5} | {m['p50']:8.3f} "
+             f"{m['p95']:8.3f} {m['max']:8.3f} | {ms(row['predicted_host_ms'])} "
+             f"{'       - ' if ratio is None else f'{ratio:8.2f}x'} | "
+             f"{ms(row['predicted_device_ms'])}")
+    memory = report["memory"]
+    echo("")
+    echo(f"peak RSS {memory['peak_rss_mb']:.1f} MB; replay {memory['codec']}, "
+         f"{memory['bytes_per_sample']:,} B per latent"
+         + (f", {memory['replay_bytes_at_profile_budget']['latents_that_fit']:,} fit the "
+            "profile's replay budget" if memory["replay_bytes_at_profile_budget"] else ""))
+    for key, text in report["labels"].items():
+        echo(f"{key}: {text}")
+    for note in report["notes"]:
+        echo(f"note: {note}")
 
 
 @cli.command("strategies")

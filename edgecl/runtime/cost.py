@@ -510,7 +510,7 @@ class UpdateCostModel:
     A sliding, weighted window rather than recursive least squares with a forgetting
     factor: with the poorly varied inputs a scheduler produces, RLS's covariance winds up
     in the unexcited directions, after which one outlier can throw the estimate far; and
-    a refit of 4 coefficients over 64 observations costs about 0.1 ms, little next to an
+    a refit of 4 coefficients over 64 observations costs about 0.2 ms, little next to an
     update.
 
     :meth:`margin` gives a quantile of measured / predicted over the window, for planning
@@ -550,7 +550,7 @@ class UpdateCostModel:
     @classmethod
     def from_counts(cls, roofline: Roofline, *, backbone: ModuleCost, head: ModuleCost,
                     train_flops_per_sample: float, backbone_batch: int = 1,
-                    **options: Any) -> UpdateCostModel:
+                    window: int = 64, default_margin: float = 1.5) -> UpdateCostModel:
         """A prior from FLOP and byte counts priced by ``roofline`` (a profile's or the host's).
 
         - backbone: the per-layer roofline of the frozen part at ``backbone_batch``, per sample;
@@ -563,8 +563,8 @@ class UpdateCostModel:
         - store: four calls' overhead (encode, copy, labels, bookkeeping).
 
         The fixed costs are the least certain part of the prior (Python overhead is not in
-        any roofline); the online refit corrects them first. ``options`` go to the
-        constructor (``window``, ``default_margin``).
+        any roofline); the online refit corrects them first. ``window`` and
+        ``default_margin`` are the constructor's.
         """
         if backbone_batch < 1:
             raise UsageError(f"backbone_batch must be >= 1, got {backbone_batch}")
@@ -578,7 +578,7 @@ class UpdateCostModel:
         store = roofline.overhead_ms * 4
         prior = UpdateCoefficients(backbone_ms_per_sample=backbone_ms, step_fixed_ms=fixed,
                                    step_ms_per_sample=per_sample, store_ms=store)
-        return cls(prior, **options)
+        return cls(prior, window=window, default_margin=default_margin)
 
     # -- prediction --------------------------------------------------------------------------
     @property

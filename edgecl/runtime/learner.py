@@ -9,13 +9,17 @@ pretrained one is passed, and frozen below the latent layer afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import os
 import tempfile
+import time
+import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +38,10 @@ from edgecl.backbones import (
     replace_batchnorm_with_renorm,
     split_model,
 )
-from edgecl.errors import BudgetError, CheckpointError, DataError, UsageError
+from edgecl.errors import BudgetError, CheckpointError, DataError, EdgeclWarning, UsageError
 from edgecl.memory import ReplayBuffer, create_buffer, create_codec
+from edgecl.runtime.cost import Roofline, UpdateCostModel, count_forward, count_train_step
+from edgecl.runtime.scheduler import UpdateScheduler
 from edgecl.runtime.timing import StageTimer
 from edgecl.strategies import Strategy, UpdateContext, create_strategy
 
@@ -61,6 +67,9 @@ class LearnerConfig:
     codec: str | None = None          # replay storage; None: the strategy's codec, else fp32
     quantize_eval: bool | None = None  # evaluate through the codec; None: strategy or codec
     batch_renorm: bool = True       # BatchRenorm instead of BatchNorm in the head
+    update_budget_ms: float | None = None  # schedule streaming updates to fit it (None: off)
+    max_replay_per_step: int = 128  # the scheduler's cap: 4x the fixed ratio's 32
+    max_steps: int = 4              # the scheduler's cap on optimizer steps per update
     eval_batch_size: int = 512
 
     def __post_init__(self) -> None:
@@ -71,6 +80,10 @@ class LearnerConfig:
             raise UsageError(f"replay_batch_size must be >= 0, got {self.replay_batch_size}")
         if not (self.lr > 0 and self.pretrain_lr > 0):
             raise UsageError("learning rates must be positive")
+        if self.update_budget_ms is not None and not self.update_budget_ms > 0:
+            raise UsageError(f"update_budget_ms must be positive, got {self.update_budget_ms}")
+        if self.max_replay_per_step < 0 or self.max_steps < 1:
+            raise UsageError("max_replay_per_step must be >= 0 and max_steps >= 1")
 
 
 class Learner:
@@ -99,6 +112,7 @@ class Learner:
         backend_threads: int | None = None,
         onnx_dir: str | os.PathLike[str] | None = None,
         stream_samples: int | None = None,
+        roofline: Roofline | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise UsageError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
@@ -161,6 +175,11 @@ class Learner:
             onnx_dir = self._onnx_tmp.name
         self.onnx_dir = Path(onnx_dir) if onnx_dir is not None else None
         self._runner = None  # OrtRunner once the backbone is frozen (ort backends)
+        # The update scheduler's cost prior prices FLOPs at this roofline (default: the cpu
+        # profile's); measured update times then correct it to the machine it runs on.
+        self.roofline = roofline
+        self.scheduler: UpdateScheduler | None = None
+        self._warned_backbone = False
         if pretrained:
             self._split_and_freeze()
 
@@ -239,11 +258,41 @@ class Learner:
             self._split_and_freeze()
         if self.backend != "torch" and self._runner is None:
             self._start_ort(calibration=xt)
+        if epochs == 1:  # streaming: each mini-batch is one update, timed whole
+            if self.scheduler is not None:
+                self._learn_scheduled(xt, yt)
+            else:
+                started = time.perf_counter()
+                with self.timer.stage("backbone"):
+                    latents = self._latents(xt)
+                self._update(latents, yt, epochs=1, time_steps=False)
+                self.timer.record("update", (time.perf_counter() - started) * 1000)
+            return
         with self.timer.stage("backbone"):
             latents = self._latents(xt)
         if epochs is None:
             epochs = self.strategy.step_plan.epochs or self.config.epochs
         self._update(latents, yt, epochs=epochs)
+
+    def sleep(self, budget_ms: float) -> list[str]:
+        """Idle-time consolidation (SIESTA's "sleep"): with no data arriving, learn the
+        samples the scheduler deferred, then replay more, within ``budget_ms``. Returns the
+        reason of each update made. Needs an update budget (``update_budget_ms``)."""
+        if self.scheduler is None or not self.is_pretrained:
+            return []
+        done = []
+        for plan in self.scheduler.idle(budget_ms, replay_available=self._replay_available()):
+            started = time.perf_counter()
+            if plan.items:
+                x = torch.stack([x for x, _ in plan.items])
+                y = torch.stack([y for _, y in plan.items])
+                self._update(self._latents(x), y, epochs=plan.n_steps,
+                             replay_per_step=plan.replay_per_step, time_steps=False)
+            else:
+                self._replay_only(plan.replay_per_step, plan.n_steps)
+            self.scheduler.observe(plan, (time.perf_counter() - started) * 1000)
+            done.append(plan.reason)
+        return done
 
     def learn_one(self, x: np.ndarray, y: int) -> None:
         """Learn one sample (one pass, mixed with replay when the strategy replays)."""
@@ -329,6 +378,8 @@ class Learner:
         if self.buffer is not None:
             state |= with_prefix("buffer", self.buffer.state_dict())
         state |= with_prefix("timer", self.timer.state_dict())
+        if self.scheduler is not None:
+            state["scheduler"] = json_tensor(self.scheduler.state_dict())
         return {k: v.detach().clone() for k, v in state.items()}
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
@@ -425,6 +476,8 @@ class Learner:
         if self.buffer is not None:
             self.buffer.load_state_dict(under_prefix("buffer", state))
         self.timer.load_state_dict(under_prefix("timer", state))
+        if self.scheduler is not None and "scheduler" in state:
+            self.scheduler.load_state_dict(tensor_json(state["scheduler"], what="scheduler"))
         self._generator.set_state(generator.clone())
         self.n_updates, self.n_steps = n_updates, n_steps
         self._restore_runner(onnx_file if pretrained else None)
@@ -460,7 +513,7 @@ class Learner:
         for p in self.model.parameters():
             p.requires_grad_(True)
         self.model.train()
-        self.frozen = self.head = self._runner = None
+        self.frozen = self.head = self._runner = self.scheduler = None
 
     # -- checks -----------------------------------------------------------------------------
     def _check_inputs(self, x: np.ndarray) -> torch.Tensor:
@@ -520,6 +573,65 @@ class Learner:
         if self.config.batch_renorm:
             replace_batchnorm_with_renorm(self.head)
         self.strategy.configure(self.head)
+        if self.config.update_budget_ms is not None:
+            self.scheduler = self._make_scheduler(self.config.update_budget_ms)
+
+    def _make_scheduler(self, budget_ms: float) -> UpdateScheduler:
+        """A scheduler whose cost prior is the FLOPs of this backbone and head."""
+        roofline = self.roofline
+        if roofline is None:
+            from edgecl.profiles import load_profile
+
+            roofline = Roofline.from_profile(load_profile("cpu"))
+        if roofline.overhead_ms == 0:
+            # A profile states rates only; eager PyTorch pays ~15 us per op on a CPU, which
+            # dominates a small head's update. The online fit corrects it either way.
+            roofline = dataclasses.replace(roofline, overhead_ms=0.015)
+        batch = self.config.batch_size
+        cost = UpdateCostModel.from_counts(
+            roofline, backbone=count_forward(self.frozen, self.input_shape),
+            head=count_forward(self.head, self.latent_shape),
+            train_flops_per_sample=count_train_step(self.head, self.latent_shape,
+                                                    batch=batch) / batch)
+        return UpdateScheduler(budget_ms=budget_ms, cost=cost,
+                               max_replay_per_step=self.config.max_replay_per_step,
+                               max_steps=self.config.max_steps,
+                               replay_available=self._replay_available)
+
+    def _replay_available(self) -> int:
+        return len(self.buffer) if self.buffer is not None else 0
+
+    def _learn_scheduled(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Streaming updates sized by the scheduler: one per mini-batch of new samples; what
+        does not fit the budget now is deferred to ``sleep``."""
+        chunk = self.strategy.step_plan.new_per_step or self.config.batch_size
+        for start in range(0, len(x), chunk):
+            x_new, y_new = x[start:start + chunk], y[start:start + chunk]
+            started = time.perf_counter()
+            plan = self.scheduler.plan(len(x_new))
+            k = plan.n_new_now
+            if k:
+                with self.timer.stage("backbone"):
+                    latents = self._latents(x_new[:k])
+                self._update(latents, y_new[:k], epochs=plan.n_steps,
+                             replay_per_step=plan.replay_per_step, time_steps=False)
+            elapsed = (time.perf_counter() - started) * 1000
+            self.scheduler.observe(plan, elapsed)
+            if k:
+                self.timer.record("update", elapsed)
+            if plan.n_deferred:
+                self.scheduler.defer(zip(x_new[k:], y_new[k:], strict=True))
+            if plan.backbone_over_budget and not self._warned_backbone:
+                self._warned_backbone = True
+                warnings.warn(f"update budget too small: {plan.reason}; new samples are "
+                              "subsampled and the rest deferred to idle time",
+                              EdgeclWarning, stacklevel=3)
+
+    def _replay_only(self, replay_per_step: int, n_steps: int) -> None:
+        """Steps on replayed latents alone (idle-time consolidation); stores nothing."""
+        old_x, old_y = self.buffer.sample(replay_per_step, self._generator)
+        self._update(old_x.view(-1, *self.latent_shape), old_y, epochs=n_steps,
+                     replay_per_step=0, time_steps=False, store=False)
 
     @torch.no_grad()
     def _latents(self, x: torch.Tensor) -> torch.Tensor:
@@ -634,7 +746,14 @@ class Learner:
             # A normalisation layer whose parameters are frozen keeps its statistics too.
             module.train(any(id(p) in wanted for p in own) if own else True)
 
-    def _update(self, latents: torch.Tensor, labels: torch.Tensor, *, epochs: int) -> None:
+    def _update(self, latents: torch.Tensor, labels: torch.Tensor, *, epochs: int,
+                replay_per_step: int | None = None, time_steps: bool = True,
+                store: bool = True) -> None:
+        """Train the head on new latents (``epochs`` passes, mini-batches mixed with replay).
+
+        ``replay_per_step`` overrides the strategy's and the config's (the scheduler's
+        choice); ``time_steps`` records each step as an "update" (experience mode; streaming
+        updates are timed whole by the caller)."""
         cfg = self.config
         if self.buffer is not None and not self.buffer.codec.is_fitted:
             # Codecs are fitted on the first update's latents (the first experience).
@@ -652,12 +771,14 @@ class Learner:
                                     weight_decay=cfg.weight_decay)
         plan = self.strategy.step_plan
         new_per_step = plan.new_per_step or cfg.batch_size
-        replay_per_step = (plan.replay_per_step if plan.replay_per_step is not None
-                           else cfg.replay_batch_size)
+        if replay_per_step is None:
+            replay_per_step = (plan.replay_per_step if plan.replay_per_step is not None
+                               else cfg.replay_batch_size)
+        timed = self.timer.stage if time_steps else _untimed
         for _ in range(epochs):
             order = torch.randperm(len(data), generator=self._generator)
             for idx in _minibatches(order, new_per_step):
-                with self.timer.stage("update"):
+                with timed("update"):
                     batch_x, batch_y = data[idx], targets[idx]
                     if replay_per_step > 0 and self.buffer is not None and len(self.buffer):
                         old_x, old_y = self.buffer.sample(replay_per_step, self._generator)
@@ -674,14 +795,19 @@ class Learner:
                     optimizer.step()
                     self.strategy.after_step(self.head)
                     self.n_steps += 1
-                    if plan.store_each_step and self.buffer is not None:
+                    if plan.store_each_step and self.buffer is not None and store:
                         # Streaming: a sample can be replayed from the very next step on.
                         self.buffer.add(data[idx], targets[idx])
         self.strategy.after_update(ctx)
-        if self.buffer is not None and not plan.store_each_step:
+        if self.buffer is not None and not plan.store_each_step and store:
             self.buffer.add(latents, labels)
         self.head.eval()
         self.n_updates += 1
+
+
+@contextmanager
+def _untimed(stage: str) -> Iterator[None]:
+    yield
 
 
 def _json_roundtrip(value: Any) -> Any:

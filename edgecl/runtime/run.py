@@ -28,6 +28,7 @@ from edgecl.profiles import (
     resolve_torch_device,
 )
 from edgecl.runtime.checkpoint import list_checkpoints
+from edgecl.runtime.cost import Roofline
 from edgecl.runtime.learner import BACKENDS, Learner, LearnerConfig
 from edgecl.strategies import create_strategy
 
@@ -48,6 +49,9 @@ class RunSpec:
     codec: str | None = None             # None: the strategy's codec, else the profile's
     quantize_eval: bool | None = None    # None: the strategy decides (REMIND: yes)
     update_budget_ms: float | None = None  # None: the profile's update_ms
+    schedule: str = "budget"             # budget: size streaming updates to fit update_ms;
+                                         # fixed: configured replay and steps (reproducible)
+    sleep_ms: float = 0.0                # idle-time consolidation after each experience
     backend: str = "torch"
     online_batch_size: int = 1
     backbone_weights: str | None = None  # load a pretrained network instead of pretraining
@@ -138,7 +142,9 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
                               "replay_bytes": capacity_from_megabytes(replay_mb),
                               "memory_bytes": capacity_from_megabytes(memory_mb),
                               "codec": spec.codec or strategy.codec or profile.budget.replay_codec,
-                              "quantize_eval": spec.quantize_eval})
+                              "quantize_eval": spec.quantize_eval,
+                              "update_budget_ms": update_ms if spec.schedule == "budget"
+                              else None})
     checkpoints = _Checkpointer.from_spec(spec)
     providers, provider_warning = resolve_execution_providers(profile)
     if spec.backend != "torch" and provider_warning:
@@ -150,7 +156,8 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
                       backend_threads=spec.threads or min(profile.device.threads,
                                                           os.cpu_count() or 1),
                       onnx_dir=checkpoints.onnx_dir if checkpoints else None,
-                      stream_samples=sum(len(e.y) for e in scenario.experiences))
+                      stream_samples=sum(len(e.y) for e in scenario.experiences),
+                      roofline=Roofline.from_profile(profile))
     learner.timer.stages["update"].budget_ms = update_ms
     progress = _Progress()
     if spec.resume:
@@ -184,6 +191,9 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
                 learner.learn_many(exp.x, exp.y)
             progress.advance(len(exp.y), offset=len(exp.y))
             yield {"event": "progress", "samples": len(exp.y), "warnings": new}
+        if spec.sleep_ms > 0:
+            with _collect_warnings(notes):
+                learner.sleep(spec.sleep_ms)
         row = [learner.evaluate(e.x_test, e.y_test) for e in experiences]
         progress.finish_experience(row)
         if checkpoints:
@@ -193,8 +203,6 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
 
     matrix = progress.matrix
     latency = learner.timer.summary()
-    updates = learner.timer.stages["update"]
-    over = updates.n_over / updates.count if updates.count else 0.0
     memory = learner.memory_stats()
     report = _report_skeleton(spec, profile, device)
     report.update({
@@ -212,8 +220,7 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
                      "planned_state_bytes": learner.planned_state_bytes},
         "latency_ms": {stage: {k: v[k] for k in ("p50", "p95", "max")}
                        for stage, v in latency.items()},
-        "budget": {"update_ms": update_ms, "memory_mb": memory_mb,
-                   "n_updates": updates.count, "over_budget_fraction": over},
+        "budget": _budget_section(learner, spec, update_ms, memory_mb),
         "backend_info": learner.backend_info(),
         "checkpoints": checkpoints.summary() if checkpoints else None,
         "warnings": notes,
@@ -222,6 +229,36 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
     if spec.save_backbone is not None:
         learner.save_backbone(spec.save_backbone)
     yield {"event": "done", "report": report}
+
+
+def _budget_section(learner: Learner, spec: RunSpec, update_ms: float, memory_mb: float
+                    ) -> dict[str, object]:
+    """How well the run kept its time and memory budgets (the report's "budget")."""
+    updates = learner.timer.stages["update"]
+    latency = updates.summary()
+    n = updates.count
+    section: dict[str, object] = {
+        "update_ms": update_ms,
+        "memory_mb": memory_mb,
+        "schedule": spec.schedule,
+        "n_updates": n,
+        "over_budget_fraction": updates.n_over / n if n else 0.0,
+        "far_over_budget_fraction": updates.n_far_over / n if n else 0.0,  # > 1.2x budget
+        "update_latency_ms": {k: latency[k] for k in ("p50", "p95", "max")},
+        "memory_used_bytes": learner.memory_stats()["buffer_bytes"]
+                             + learner.strategy.state_bytes(),
+        "memory_budget_bytes": learner.config.memory_bytes,
+    }
+    if learner.scheduler is not None:
+        stats = learner.scheduler.stats()
+        section["scheduler"] = stats
+        section["replay_per_update"] = stats["mean_replay_per_step"] * stats["mean_steps"]
+    else:
+        plan = learner.strategy.step_plan
+        fixed = (plan.replay_per_step if plan.replay_per_step is not None
+                 else learner.config.replay_batch_size)
+        section["replay_per_update"] = fixed if learner.buffer is not None else 0
+    return section
 
 
 @dataclass
