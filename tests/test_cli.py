@@ -59,7 +59,7 @@ def test_ar1star_learns_digits_and_naive_forgets(tmp_path):
                                   "peak_rss_mb"}
     assert set(ar1["budget"]) >= {"update_ms", "memory_mb", "n_updates", "over_budget_fraction"}
     # The table a user reads.
-    for label in ("final accuracy", "forgetting", "ms per update p50 / p95", "replay buffer",
+    for label in ("final accuracy", "forgetting", "ms/update p50 / p95 / max", "replay buffer",
                   "peak RSS"):
         assert label in result.stdout
 
