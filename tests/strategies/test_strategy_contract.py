@@ -16,7 +16,16 @@ import pytest
 import torch
 from torch import nn
 
-from edgecl import BudgetError, DataError, Learner, LearnerConfig, UsageError, list_strategies
+from edgecl import (
+    BudgetError,
+    CheckpointError,
+    DataError,
+    Learner,
+    LearnerConfig,
+    UsageError,
+    list_strategies,
+)
+from edgecl.backbones import OrtRunner, check_parity, export_onnx
 from edgecl.strategies.ar1 import AR1Star
 from edgecl.strategies.baselines import Cumulative
 from edgecl.strategies.synaptic_intelligence import SynapticIntelligence
@@ -149,6 +158,70 @@ class TestStrategyContract:
             for a, b in zip(learner.buffer.all(), stored, strict=True):
                 assert torch.equal(a, b)
         assert np.array_equal(learner.predict_many(STREAM[0].x_test), predictions)
+
+    def test_checkpoint_and_resume_continue_exactly(self, name: str, tmp_path) -> None:
+        """Stopped after the first experience and resumed from disk in a new learner, it
+        ends bitwise where an uninterrupted learner does."""
+        reference = learned(name)
+        first = learned(name, 1)
+        first.save_checkpoint(tmp_path)
+        resumed = make_learner(name)
+        resumed.load_checkpoint(tmp_path)
+        resumed.learn_many(STREAM[1].x, STREAM[1].y)
+        want, got = reference.state_dict(), resumed.state_dict()
+        assert want.keys() == got.keys()
+        for key in want:
+            if not key.startswith("timer."):
+                assert torch.equal(want[key], got[key]), key
+
+    def test_a_checkpoint_of_another_strategy_is_refused(self, name: str, tmp_path) -> None:
+        other = "naive" if name != "naive" else "ar1*"
+        learned(other, 1).save_checkpoint(tmp_path)
+        learner = make_learner(name)
+        before = learner.state_dict()
+        with pytest.raises(CheckpointError, match="strategy"):
+            learner.load_checkpoint(tmp_path)
+        assert_same_state(learner.state_dict(), before)
+
+    def test_exports_its_inference_path_to_onnx(self, name: str, tmp_path) -> None:
+        learner = learned(name)
+        full = nn.Sequential(learner.frozen, learner.head)
+        path = export_onnx(full, tmp_path / "full.onnx", input_shape=learner.input_shape)
+        parity = check_parity(full, path, samples=STREAM[1].x_test)
+        assert parity.ok, parity
+        onnx_pred = OrtRunner(path)(STREAM[1].x_test).argmax(1)
+        if not learner.quantizes_eval:  # the codec is not part of the exported model
+            assert np.array_equal(onnx_pred, learner.predict_many(STREAM[1].x_test))
+
+    def test_streaming_updates_fit_a_budget_and_report_it(self, name: str) -> None:
+        learner = Learner(strategy=name, input_shape=(16,), n_classes=4, seed=0,
+                          config=dataclasses.replace(CONFIG, update_budget_ms=50.0))
+        learner.learn_many(STREAM[0].x, STREAM[0].y)
+        for x, y in zip(STREAM[1].x[:20], STREAM[1].y[:20], strict=True):
+            learner.learn_one(x, int(y))
+        stats = learner.scheduler.stats()
+        assert stats["n_plans"] == 20 and sum(stats["by_category"].values()) == 20
+        # Every update either ran (and was measured) or was deferred, and says so.
+        # (cumulative retrains on all it has seen: its updates outgrow the budget.)
+        skipped = stats["by_category"]["nothing fits"]
+        assert stats["n_observed"] + skipped == 20
+        assert stats["n_deferred_total"] >= skipped
+        if learner.buffer is None:
+            assert stats["mean_replay_per_step"] == 0
+        else:  # a generous budget is spent on replay
+            assert stats["mean_replay_per_step"] > 0
+
+    def test_a_memory_budget_too_small_for_its_state_refuses_to_start(self, name: str
+                                                                      ) -> None:
+        probe = make_learner(name)
+        planned = probe.planned_state_bytes
+        config = dataclasses.replace(CONFIG, memory_bytes=max(sum(planned.values()) - 1, 0))
+        if not planned and not probe.strategy.uses_replay:
+            return  # no state planned (cumulative's grows with an unknown stream), no replay
+        with pytest.raises(BudgetError) as error:
+            Learner(strategy=name, input_shape=(16,), n_classes=4, config=config)
+        if planned:
+            assert next(iter(planned)) in str(error.value)
 
 
 def test_naive_forgets_the_first_experience_far_more_than_replay_and_ar1() -> None:
