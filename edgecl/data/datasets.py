@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -306,7 +307,8 @@ def _read_key(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray
         raise DataError(
             f"{path}: key '{key}' cannot be read ({exc}); save the file again"
         ) from None
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+    except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError, RuntimeError,
+            zlib.error) as exc:  # zipfile and zlib on flipped bits in headers and streams
         raise DataError(
             f"{path}: key '{key}' is damaged ({exc}); the file may be truncated, save it again"
         ) from None

@@ -47,6 +47,8 @@ from edgecl.strategies import Strategy, UpdateContext, create_strategy
 
 BACKENDS = ("torch", "ort", "ort-int8")  # where the frozen backbone runs
 _CALIBRATION_SAMPLES = 256  # int8 calibration inputs, taken from the first batch learned
+MAX_INPUT_MAGNITUDE = 1e6   # larger inputs are refused (see Learner._check_inputs)
+MAX_LATENT_MAGNITUDE = 1e9  # larger latents are refused before the head sees them
 
 
 @dataclass(frozen=True)
@@ -116,8 +118,7 @@ class Learner:
     ) -> None:
         if backend not in BACKENDS:
             raise UsageError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
-        if n_classes < 2:
-            raise UsageError(f"n_classes must be >= 2, got {n_classes}")
+        _check_constructor_arguments(strategy, input_shape, n_classes, seed, device)
         self.input_shape = tuple(int(d) for d in input_shape)
         self.n_classes = int(n_classes)
         self.config = config or LearnerConfig()
@@ -250,8 +251,9 @@ class Learner:
 
         Input is checked first: bad values raise DataError and leave the learner unchanged.
         """
-        if epochs is not None and epochs < 1:
-            raise UsageError(f"epochs must be >= 1, got {epochs}")
+        if epochs is not None and (not isinstance(epochs, (int, np.integer))
+                                   or isinstance(epochs, bool) or epochs < 1):
+            raise UsageError(f"epochs must be an integer >= 1, got {epochs!r}")
         xt, yt = self._check_batch(x, y)
         if not self.is_pretrained:
             self._pretrain(xt, yt)
@@ -265,11 +267,13 @@ class Learner:
                 started = time.perf_counter()
                 with self.timer.stage("backbone"):
                     latents = self._latents(xt)
+                self._check_latents(latents)
                 self._update(latents, yt, epochs=1, time_steps=False)
                 self.timer.record("update", (time.perf_counter() - started) * 1000)
             return
         with self.timer.stage("backbone"):
             latents = self._latents(xt)
+        self._check_latents(latents)
         if epochs is None:
             epochs = self.strategy.step_plan.epochs or self.config.epochs
         self._update(latents, yt, epochs=epochs)
@@ -278,6 +282,9 @@ class Learner:
         """Idle-time consolidation (SIESTA's "sleep"): with no data arriving, learn the
         samples the scheduler deferred, then replay more, within ``budget_ms``. Returns the
         reason of each update made. Needs an update budget (``update_budget_ms``)."""
+        if (not isinstance(budget_ms, (int, float, np.number)) or isinstance(budget_ms, bool)
+                or not math.isfinite(budget_ms) or budget_ms < 0):
+            raise UsageError(f"sleep budget must be a number of ms >= 0, got {budget_ms!r}")
         if self.scheduler is None or not self.is_pretrained:
             return []
         done = []
@@ -316,10 +323,11 @@ class Learner:
         return int(self.predict_many(np.asarray(x)[None])[0])
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> float:
-        """Accuracy on (x, y); NaN for an empty set."""
-        if len(y) == 0:
+        """Accuracy on (x, y); NaN for an empty set (no inputs and no labels)."""
+        if np.size(x) == 0 and np.size(y) == 0:
             return float("nan")
-        return float((self.predict_many(x) == np.asarray(y)).mean())
+        _, labels = self._check_batch(x, y)
+        return float((self.predict_many(x) == labels.numpy()).mean())
 
     def memory_stats(self) -> dict[str, object]:
         stats = (self.buffer.stats() if self.buffer is not None else
@@ -442,7 +450,8 @@ class Learner:
                           latent_layer=meta["latent_layer"], config=config,
                           seed=int(meta["seed"]), backend=str(meta["backend"]),
                           onnx_dir=Path(directory) / "backbone")
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError, UsageError
+                ) as error:
             raise CheckpointError(f"checkpoint in {directory} does not describe a learner: "
                                   f"{type(error).__name__}: {error}") from None
         learner.load_checkpoint(directory)
@@ -517,7 +526,10 @@ class Learner:
 
     # -- checks -----------------------------------------------------------------------------
     def _check_inputs(self, x: np.ndarray) -> torch.Tensor:
-        x = np.asarray(x)
+        try:
+            x = np.asarray(x)
+        except (ValueError, TypeError) as error:  # ragged nested lists, odd objects
+            raise DataError(f"inputs are not a rectangular numeric array: {error}") from None
         if x.dtype.kind not in "fiub":
             raise DataError(f"inputs must be numeric, got dtype {x.dtype}")
         if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
@@ -525,10 +537,32 @@ class Learner:
                             f", got {tuple(x.shape)}")
         if x.shape[0] == 0:
             raise DataError("empty batch: nothing to learn or predict")
-        if not np.isfinite(x).all():
-            raise DataError(f"inputs contain {int((~np.isfinite(x)).sum())} NaN or infinite "
-                            "values; clean or drop those samples")
-        return torch.as_tensor(x, dtype=torch.float32)
+        # Cast first: a float64 1e39 is finite until it becomes float32.
+        with np.errstate(over="ignore", invalid="ignore"):
+            x32 = x.astype(np.float32)
+        finite = np.isfinite(x32)
+        if not finite.all():
+            raise DataError(f"inputs contain {int((~finite).sum())} NaN or infinite values (as "
+                            "float32); clean or drop those samples")
+        # Values this large overflow the head's statistics (squares pass float32's 3e38);
+        # real inputs (pixels, sensor readings, standardised features) are far smaller.
+        largest = float(np.abs(x32).max())
+        if largest > MAX_INPUT_MAGNITUDE:
+            raise DataError(f"inputs reach {largest:.3g} in magnitude, above the "
+                            f"{MAX_INPUT_MAGNITUDE:.0e} edgecl accepts; scale them first "
+                            "(e.g. to [0, 1] or standardised)")
+        return torch.from_numpy(x32)
+
+    def _check_latents(self, latents: torch.Tensor) -> None:
+        """The backbone's output must be finite and of sane size before the head sees it."""
+        if not torch.isfinite(latents).all():
+            raise DataError("the backbone produced NaN or infinite latents for these inputs; "
+                            "nothing was learned (check the input scaling)")
+        largest = float(latents.abs().max()) if latents.numel() else 0.0
+        if largest > MAX_LATENT_MAGNITUDE:
+            raise DataError(f"the backbone produced latents of magnitude {largest:.3g}, above "
+                            f"{MAX_LATENT_MAGNITUDE:.0e}; nothing was learned (check the input "
+                            "scaling)")
 
     def _check_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         xt = self._check_inputs(x)
@@ -613,6 +647,7 @@ class Learner:
             if k:
                 with self.timer.stage("backbone"):
                     latents = self._latents(x_new[:k])
+                self._check_latents(latents)
                 self._update(latents, y_new[:k], epochs=plan.n_steps,
                              replay_per_step=plan.replay_per_step, time_steps=False)
             elapsed = (time.perf_counter() - started) * 1000
@@ -803,6 +838,28 @@ class Learner:
             self.buffer.add(latents, labels)
         self.head.eval()
         self.n_updates += 1
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_constructor_arguments(strategy: object, input_shape: object, n_classes: object,
+                                 seed: object, device: object) -> None:
+    if not isinstance(strategy, (str, Strategy)):
+        raise UsageError(f"strategy must be a registered name or a Strategy, got {strategy!r}")
+    if (not isinstance(input_shape, (tuple, list)) or not input_shape
+            or not all(_is_int(d) and d > 0 for d in input_shape)):
+        raise UsageError(f"input_shape must be a non-empty tuple of positive integers (one "
+                         f"sample, no batch dimension), got {input_shape!r}")
+    if not _is_int(n_classes) or n_classes < 2:
+        raise UsageError(f"n_classes must be an integer >= 2, got {n_classes!r}")
+    if not _is_int(seed) or not 0 <= seed < 2**63:
+        raise UsageError(f"seed must be an integer in 0..2**63-1, got {seed!r}")
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"unknown device {device!r}; use 'cpu' or 'cuda'") from None
 
 
 @contextmanager
