@@ -175,6 +175,11 @@ def _schedule_summary(stats: dict[str, Any]) -> str:
                    "to fit --update-budget-ms, from a cost model corrected by measured times; "
                    "fixed: the configured replay and one step, so that runs are reproducible "
                    "bit for bit (timings then only report the budget).")
+@click.option("--max-replay-per-step", type=int, default=None,
+              help="Let the budget scheduler grow replay per step up to this when the budget "
+                   "allows [default: the strategy's fixed replay: the scheduler only shrinks].")
+@click.option("--max-steps", type=int, default=1, show_default=True,
+              help="Let the budget scheduler take up to this many optimizer steps per update.")
 @click.option("--sleep-ms", type=float, default=0.0, show_default=True,
               help="Idle time after each experience for sleep consolidation: deferred "
                    "samples, then more replay (with --schedule budget).")
@@ -208,7 +213,8 @@ def learn_command(profile: str, dataset: str, scenario: str, strategy: str, n_ex
                   memory_mb: float | None, replay_mb: float | None, replay_samples: int,
                   codec: str | None,
                   quantize_eval: bool | None,
-                  update_budget_ms: float | None, schedule: str, sleep_ms: float,
+                  update_budget_ms: float | None, schedule: str,
+                  max_replay_per_step: int | None, max_steps: int, sleep_ms: float,
                   backend: str, online_batch_size: int,
                   backbone_weights: str | None, save_backbone: str | None, seed: int,
                   report_path: Path | None, checkpoint_dir: str | None, checkpoint_every: int,
@@ -235,6 +241,10 @@ def learn_command(profile: str, dataset: str, scenario: str, strategy: str, n_ex
         raise UsageError(f"--update-budget-ms must be positive, got {update_budget_ms}")
     if online_batch_size < 1:
         raise UsageError(f"--online-batch-size must be >= 1, got {online_batch_size}")
+    if max_replay_per_step is not None and max_replay_per_step < 0:
+        raise UsageError(f"--max-replay-per-step must be >= 0, got {max_replay_per_step}")
+    if max_steps < 1:
+        raise UsageError(f"--max-steps must be >= 1, got {max_steps}")
     if not sleep_ms >= 0:
         raise UsageError(f"--sleep-ms must be >= 0, got {sleep_ms}")
     if checkpoint_every < 1:
@@ -248,6 +258,7 @@ def learn_command(profile: str, dataset: str, scenario: str, strategy: str, n_ex
                    replay_samples=replay_samples or None, codec=codec,
                    quantize_eval=quantize_eval,
                    update_budget_ms=update_budget_ms, schedule=schedule,
+                   max_replay_per_step=max_replay_per_step, max_steps=max_steps,
                    sleep_ms=sleep_ms, backend=backend,
                    online_batch_size=online_batch_size, backbone_weights=backbone_weights,
                    save_backbone=save_backbone, checkpoint_dir=checkpoint_dir,

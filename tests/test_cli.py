@@ -80,7 +80,8 @@ def test_same_seed_gives_the_same_report(tmp_path):
 
 def test_online_and_nic_scenarios_run(tmp_path):
     _, online = _learn(tmp_path, "--dataset", "mnist1d:400", "--scenario", "online",
-                       "--strategy", "latent-replay", "--experiences", "2", name="o.json")
+                       "--strategy", "latent-replay", "--experiences", "2",
+                       "--schedule", "fixed", name="o.json")
     assert 0.0 <= online["streaming_accuracy"] <= 1.0
     # One update per online sample after the first (batch) experience.
     assert online["budget"]["n_updates"] >= 100

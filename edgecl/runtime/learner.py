@@ -70,8 +70,12 @@ class LearnerConfig:
     quantize_eval: bool | None = None  # evaluate through the codec; None: strategy or codec
     batch_renorm: bool = True       # BatchRenorm instead of BatchNorm in the head
     update_budget_ms: float | None = None  # schedule streaming updates to fit it (None: off)
-    max_replay_per_step: int = 128  # the scheduler's cap: 4x the fixed ratio's 32
-    max_steps: int = 4              # the scheduler's cap on optimizer steps per update
+    # The scheduler's caps. By default it only shrinks the fixed plan (the strategy's replay,
+    # one step) to fit the budget: growing it with spare budget (more replay, more steps)
+    # lost accuracy on one-sample streams (tools/bench_budget.py: the new sample's share of
+    # the loss falls as replay grows). Raise them to spend a generous budget anyway.
+    max_replay_per_step: int | None = None  # None: the strategy's fixed replay per step
+    max_steps: int = 1
     eval_batch_size: int = 512
 
     def __post_init__(self) -> None:
@@ -84,7 +88,8 @@ class LearnerConfig:
             raise UsageError("learning rates must be positive")
         if self.update_budget_ms is not None and not self.update_budget_ms > 0:
             raise UsageError(f"update_budget_ms must be positive, got {self.update_budget_ms}")
-        if self.max_replay_per_step < 0 or self.max_steps < 1:
+        if (self.max_replay_per_step is not None and self.max_replay_per_step < 0
+                or self.max_steps < 1):
             raise UsageError("max_replay_per_step must be >= 0 and max_steps >= 1")
 
 
@@ -180,7 +185,7 @@ class Learner:
         # profile's); measured update times then correct it to the machine it runs on.
         self.roofline = roofline
         self.scheduler: UpdateScheduler | None = None
-        self._warned_backbone = False
+        self._warned_deferral = False
         if pretrained:
             self._split_and_freeze()
 
@@ -627,8 +632,13 @@ class Learner:
             head=count_forward(self.head, self.latent_shape),
             train_flops_per_sample=count_train_step(self.head, self.latent_shape,
                                                     batch=batch) / batch)
+        cap = self.config.max_replay_per_step
+        if cap is None:
+            plan = self.strategy.step_plan
+            cap = (plan.replay_per_step if plan.replay_per_step is not None
+                   else self.config.replay_batch_size)
         return UpdateScheduler(budget_ms=budget_ms, cost=cost,
-                               max_replay_per_step=self.config.max_replay_per_step,
+                               max_replay_per_step=cap if self.buffer is not None else 0,
                                max_steps=self.config.max_steps,
                                replay_available=self._replay_available)
 
@@ -656,11 +666,12 @@ class Learner:
                 self.timer.record("update", elapsed)
             if plan.n_deferred:
                 self.scheduler.defer(zip(x_new[k:], y_new[k:], strict=True))
-            if plan.backbone_over_budget and not self._warned_backbone:
-                self._warned_backbone = True
-                warnings.warn(f"update budget too small: {plan.reason}; new samples are "
-                              "subsampled and the rest deferred to idle time",
-                              EdgeclWarning, stacklevel=3)
+            if plan.n_deferred and not self._warned_deferral:
+                self._warned_deferral = True
+                warnings.warn(f"update budget too small for some updates ({plan.reason}); "
+                              "samples that do not fit are deferred to idle time (--sleep-ms, "
+                              "Learner.sleep) and dropped when its queue is full; the report "
+                              "counts both", EdgeclWarning, stacklevel=3)
 
     def _replay_only(self, replay_per_step: int, n_steps: int) -> None:
         """Steps on replayed latents alone (idle-time consolidation); stores nothing."""

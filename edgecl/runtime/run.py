@@ -52,6 +52,8 @@ class RunSpec:
     schedule: str = "budget"             # budget: size streaming updates to fit update_ms;
                                          # fixed: configured replay and steps (reproducible)
     sleep_ms: float = 0.0                # idle-time consolidation after each experience
+    max_replay_per_step: int | None = None  # scheduler caps (None: the strategy's replay)
+    max_steps: int = 1
     backend: str = "torch"
     online_batch_size: int = 1
     backbone_weights: str | None = None  # load a pretrained network instead of pretraining
@@ -144,7 +146,9 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
                               "codec": spec.codec or strategy.codec or profile.budget.replay_codec,
                               "quantize_eval": spec.quantize_eval,
                               "update_budget_ms": update_ms if spec.schedule == "budget"
-                              else None})
+                              else None,
+                              "max_replay_per_step": spec.max_replay_per_step,
+                              "max_steps": spec.max_steps})
     checkpoints = _Checkpointer.from_spec(spec)
     providers, provider_warning = resolve_execution_providers(profile)
     if spec.backend != "torch" and provider_warning:
