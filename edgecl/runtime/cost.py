@@ -603,8 +603,8 @@ class UpdateCostModel:
         4)) for the 4 fitted coefficients. The upper spread sees a slow tail heavier than a
         normal's (a busy machine that often runs slow); runs faster than the model do not
         widen it. Both ignore rare outliers (GC pauses, preemptions of under 25 % of
-        updates), which no plan avoids, as a pause costs the same however small the update: a margin inflated
-        by one would shrink every update after it for nothing.
+        updates), which no plan avoids, as a pause costs the same however small the update:
+        a margin inflated by one would shrink every update after it for nothing.
 
         The current model's errors, not those of the predictions made before each update:
         after a change of speed, those stay large until they leave the window although the
