@@ -286,28 +286,26 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         streams = Streams(args.samples, args.experiences, Path(tmp))
 
-        def scheduled(strategy: str, budget: float, seed: int) -> dict:
-            key = ("scheduled", strategy, budget, seed)
+        def cached(key: tuple, label: str, strategy: str, seed: int, **options) -> dict:
+            """One run per key, shared by part A, part B and every budget."""
             if key not in runs:
-                runs[key] = run_stream(streams, strategy, seed, budget_ms=budget,
-                                       max_replay=args.max_replay, max_steps=args.max_steps,
-                                       sleep_ms=args.sleep_ms)
+                runs[key] = run_stream(streams, strategy, seed, sleep_ms=args.sleep_ms,
+                                       **options)
                 r = runs[key]
-                log(f"  scheduled {strategy} {budget:g} ms seed {seed}: "
-                    f"acc {r['test_accuracy']:.3f}, {r['run_s']:.0f} s, "
-                    f"load {r['load_after']['load1']:.2f}")
+                log(f"  {label} seed {seed}: acc {r['test_accuracy']:.3f}, "
+                    f"{r['run_s']:.0f} s, load {r['load_after']['load1']:.2f}")
             return runs[key]
 
+        def scheduled(strategy: str, budget: float, seed: int) -> dict:
+            return cached(("scheduled", strategy, budget, seed),
+                          f"scheduled {strategy} {budget:g} ms", strategy, seed,
+                          budget_ms=budget, max_replay=args.max_replay,
+                          max_steps=args.max_steps)
+
         def fixed(strategy: str, replay: int, steps: int, seed: int) -> dict:
-            key = ("fixed", strategy, replay, steps, seed)
-            if key not in runs:
-                runs[key] = run_stream(streams, strategy, seed, replay=replay, steps=steps,
-                                       sleep_ms=args.sleep_ms)
-                r = runs[key]
-                log(f"  fixed {strategy} r={replay} k={steps} seed {seed}: "
-                    f"acc {r['test_accuracy']:.3f}, {r['run_s']:.0f} s, "
-                    f"load {r['load_after']['load1']:.2f}")
-            return runs[key]
+            return cached(("fixed", strategy, replay, steps, seed),
+                          f"fixed {strategy} r={replay} k={steps}", strategy, seed,
+                          replay=replay, steps=steps)
 
         rows_a, rows_b, rows_grid = [], [], []
         if "a" in args.part:
