@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import tempfile
@@ -433,7 +432,7 @@ class Learner:
         and ``meta``. CheckpointError if none fits this learner; the learner is unchanged."""
         from edgecl.runtime.checkpoint import load_checkpoint
 
-        expected = {**_json_roundtrip(self.identity()), **dict(expect or {})}
+        expected = {**self.identity(), **dict(expect or {})}
         checkpoint = load_checkpoint(directory, expect=expected)
         self._check_onnx_file(checkpoint.meta.get("backend_info"))
         self.load_state_dict(under_prefix("learner", checkpoint.tensors))
@@ -633,14 +632,21 @@ class Learner:
             train_flops_per_sample=count_train_step(self.head, self.latent_shape,
                                                     batch=batch) / batch)
         cap = self.config.max_replay_per_step
-        if cap is None:
-            plan = self.strategy.step_plan
-            cap = (plan.replay_per_step if plan.replay_per_step is not None
-                   else self.config.replay_batch_size)
         return UpdateScheduler(budget_ms=budget_ms, cost=cost,
-                               max_replay_per_step=cap if self.buffer is not None else 0,
+                               max_replay_per_step=self.fixed_replay_per_step if cap is None
+                               or self.buffer is None else cap,
                                max_steps=self.config.max_steps,
                                replay_available=self._replay_available)
+
+    @property
+    def fixed_replay_per_step(self) -> int:
+        """Replayed latents per step without the scheduler: the strategy's own (REMIND: 50),
+        else the config's; 0 for strategies that do not replay."""
+        if self.buffer is None:
+            return 0
+        plan = self.strategy.step_plan
+        return (plan.replay_per_step if plan.replay_per_step is not None
+                else self.config.replay_batch_size)
 
     def _replay_available(self) -> int:
         return len(self.buffer) if self.buffer is not None else 0
@@ -818,8 +824,7 @@ class Learner:
         plan = self.strategy.step_plan
         new_per_step = plan.new_per_step or cfg.batch_size
         if replay_per_step is None:
-            replay_per_step = (plan.replay_per_step if plan.replay_per_step is not None
-                               else cfg.replay_batch_size)
+            replay_per_step = self.fixed_replay_per_step
         timed = self.timer.stage if time_steps else _untimed
         for _ in range(epochs):
             order = torch.randperm(len(data), generator=self._generator)
@@ -876,11 +881,6 @@ def _check_constructor_arguments(strategy: object, input_shape: object, n_classe
 @contextmanager
 def _untimed(stage: str) -> Iterator[None]:
     yield
-
-
-def _json_roundtrip(value: Any) -> Any:
-    """``value`` as it reads back from a JSON manifest (tuples become lists, ...)."""
-    return json.loads(json.dumps(value))
 
 
 def _load_module(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:

@@ -161,9 +161,7 @@ def _report(profile: Profile, request: ProfileRequest, learner: Learner, x: np.n
                 device_ms=device.predict_forward_ms(backbone_cost, batch=b) if fp32 else None)
 
     say("timing streaming updates of the head")
-    replay = (learner.strategy.step_plan.replay_per_step
-              if learner.strategy.step_plan.replay_per_step is not None
-              else learner.config.replay_batch_size) if learner.buffer is not None else 0
+    replay = learner.fixed_replay_per_step
     counts = {"backbone": backbone_cost, "head": head_cost,
               "train_flops_per_sample": train_flops}
     host_update = UpdateCostModel.from_counts(host, **counts)

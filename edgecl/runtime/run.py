@@ -258,10 +258,7 @@ def _budget_section(learner: Learner, spec: RunSpec, update_ms: float, memory_mb
         section["scheduler"] = stats
         section["replay_per_update"] = stats["mean_replay_per_step"] * stats["mean_steps"]
     else:
-        plan = learner.strategy.step_plan
-        fixed = (plan.replay_per_step if plan.replay_per_step is not None
-                 else learner.config.replay_batch_size)
-        section["replay_per_update"] = fixed if learner.buffer is not None else 0
+        section["replay_per_update"] = learner.fixed_replay_per_step
     return section
 
 
