@@ -253,7 +253,9 @@ def _budget_section(learner: Learner, spec: RunSpec, update_ms: float, memory_mb
                              + learner.strategy.state_bytes(),
         "memory_budget_bytes": learner.config.memory_bytes,
     }
-    if learner.scheduler is not None:
+    # The scheduler sizes streaming updates only; a run that learned whole experiences
+    # used the fixed plan throughout.
+    if learner.scheduler is not None and learner.scheduler.n_plans:
         stats = learner.scheduler.stats()
         section["scheduler"] = stats
         section["replay_per_update"] = stats["mean_replay_per_step"] * stats["mean_steps"]
