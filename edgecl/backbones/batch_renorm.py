@@ -89,6 +89,7 @@ def replace_batchnorm_with_renorm(module: nn.Module, **renorm_options: float) ->
                 if child.running_mean is not None:
                     renorm.running_mean.copy_(child.running_mean)
                     renorm.running_var.copy_(child.running_var)
+            renorm.to(child.running_mean.device)  # the model may already be on a GPU
             renorm.train(child.training)
             setattr(module, name, renorm)
         else:

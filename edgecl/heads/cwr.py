@@ -86,4 +86,5 @@ class ConsolidatedOutput:
                               dtype=self.weight.dtype)
         past = tensor_entry(state, "past", what="CWR", shape=self.past.shape,
                             dtype=self.past.dtype)
-        self.weight, self.past = weight.clone(), past.clone()
+        # Checkpoints load on the CPU; the weights stay on the output layer's device.
+        self.weight, self.past = weight.to(self.weight.device, copy=True), past.clone()

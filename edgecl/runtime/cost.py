@@ -488,9 +488,10 @@ class UpdateCostModel:
            + store_ms
 
     Linear in the four coefficients, which start at a *prior* (from FLOP counts and a
-    Roofline: :meth:`from_counts`) and are refitted after every :meth:`observe` on the last
-    ``window`` observations, recent ones weighted more (the weight halves every 16
-    observations back, about 24 observations' worth in all):
+    Roofline: :meth:`from_counts`) and are refitted (after each of the first 32
+    :meth:`observe` calls, then every 8th) on the last ``window`` observations, recent ones
+    weighted more (the weight halves every 16 observations back, about 24 observations'
+    worth in all):
 
     1. Scale: the weighted median of measured / prior-predicted. One number, robust to
        outliers, right after a few observations: a machine 3x slower than its roofline is
@@ -510,8 +511,8 @@ class UpdateCostModel:
     A sliding, weighted window rather than recursive least squares with a forgetting
     factor: with the poorly varied inputs a scheduler produces, RLS's covariance winds up
     in the unexcited directions, after which one outlier can throw the estimate far; and
-    a refit of 4 coefficients over 64 observations costs about 0.2 ms, little next to an
-    update.
+    a refit of 4 coefficients over 64 observations costs about 0.2 ms, which every 8th
+    update can afford.
 
     :meth:`margin` gives a quantile of measured / predicted over the window, for planning
     with a safety margin. No clock and no randomness inside: time comes in through
@@ -528,6 +529,9 @@ class UpdateCostModel:
     _PRIOR_SPREAD = 1.0
     # Before this many observations, margin() returns default_margin.
     _MIN_FOR_MARGIN = 8
+    # Refit after each of the first _EAGER_REFITS observations, then every REFIT_EVERY.
+    _EAGER_REFITS = 32
+    REFIT_EVERY = 8
 
     def __init__(self, prior: UpdateCoefficients, *, window: int = 64,
                  default_margin: float = 1.5) -> None:
@@ -545,7 +549,9 @@ class UpdateCostModel:
         # [n_new, n_steps, n_steps * samples per step, measured ms]: the features and y.
         self._obs: list[list[float]] = []
         self._theta = np.asarray(values, dtype=float)
+        self._coefficients = tuple(float(v) for v in self._theta)
         self._margins: dict[float, float] = {}
+        self._unfitted = 0  # observations since the last refit
 
     @classmethod
     def from_counts(cls, roofline: Roofline, *, backbone: ModuleCost, head: ModuleCost,
@@ -589,8 +595,13 @@ class UpdateCostModel:
     def predict_ms(self, n_new: int, n_replay_per_step: int, n_steps: int, *,
                    n_new_per_step: int | None = None) -> float:
         """Predicted wall time of one update of this shape."""
-        x = _features(n_new, n_replay_per_step, n_steps, n_new_per_step)
-        return max(float(x @ self._theta), 1e-6)
+        # Plain floats: the scheduler's search calls this ~20 times a plan, and a numpy
+        # dot product of 4 numbers costs ten times the arithmetic.
+        n_new, n_steps, per_step_total = _feature_values(n_new, n_replay_per_step, n_steps,
+                                                         n_new_per_step)
+        backbone, fixed, per_sample, store = self._coefficients
+        return max(backbone * n_new + fixed * n_steps + per_sample * per_step_total + store,
+                   1e-6)
 
     def margin(self, quantile: float = 0.99) -> float:
         """A ``quantile`` of measured / predicted: plan against ``budget / margin`` and
@@ -642,14 +653,20 @@ class UpdateCostModel:
         if not (math.isfinite(measured) and measured >= 0):
             raise UsageError(f"measured_ms must be a finite time >= 0, got {measured_ms!r}")
         measured = max(measured, 1e-6)  # a coarse clock can read 0
-        x = _features(n_new, n_replay_per_step, n_steps, n_new_per_step)
-        self._obs.append([float(x[0]), float(x[1]), float(x[2]), measured])
+        self._obs.append([*map(float, _feature_values(n_new, n_replay_per_step, n_steps,
+                                                      n_new_per_step)), measured])
         del self._obs[:-self.window]
         self.n_observed += 1
-        self._margins.clear()
-        self._refit()
+        self._margins.clear()  # the margin follows every observation (~30 us)
+        self._unfitted += 1
+        # A refit costs ~0.2 ms, a tenth of a small update: after the first observations
+        # (where the prior may be far off) it runs every REFIT_EVERY updates. The robust fit
+        # reacts to a lasting change over 15-40 observations anyway.
+        if self.n_observed <= self._EAGER_REFITS or self._unfitted >= self.REFIT_EVERY:
+            self._refit()
 
     def _refit(self) -> None:
+        self._unfitted = 0
         obs = np.asarray(self._obs, dtype=float)
         x = np.column_stack([obs[:, :3], np.ones(len(obs))])
         y = obs[:, 3]
@@ -686,13 +703,17 @@ class UpdateCostModel:
             tukey = np.clip(1 - (residual / (self._TUKEY * sigma)) ** 2, 0.0, None) ** 2
             weights = recency * np.where(residual > 0, tukey, 1.0)
         self._theta = np.maximum(theta, 0.0)
+        self._coefficients = tuple(float(v) for v in self._theta)
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Plain floats, ints and lists (JSON-able): the configuration and the window."""
         return {"version": 1, "prior": self.prior.as_list(), "window": self.window,
                 "default_margin": self.default_margin, "n_observed": self.n_observed,
-                "observations": [list(o) for o in self._obs]}
+                "observations": [list(o) for o in self._obs],
+                # The fit in use and how many observations came after it: refitting on
+                # load would plan differently from the run that saved it.
+                "coefficients": list(self._coefficients), "unfitted": self._unfitted}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore from :meth:`state_dict`; CheckpointError if ``state`` is not one."""
@@ -707,6 +728,10 @@ class UpdateCostModel:
         restored._obs = [[float(v) for v in o] for o in state["observations"]][-restored.window:]
         if restored._obs:
             restored._refit()
+        if "coefficients" in state:  # absent from states saved before lazy refits
+            restored._theta = np.asarray(state["coefficients"], dtype=float)
+            restored._coefficients = tuple(state["coefficients"])
+            restored._unfitted = state["unfitted"]
         self.__dict__.update(restored.__dict__)
 
 
@@ -729,16 +754,16 @@ def _quantile(ordered: np.ndarray, q: float) -> float:
     return float(ordered[low] + (position - low) * (ordered[high] - ordered[low]))
 
 
-def _features(n_new: int, n_replay_per_step: int, n_steps: int,
-              n_new_per_step: int | None) -> np.ndarray:
+def _feature_values(n_new: int, n_replay_per_step: int, n_steps: int,
+                    n_new_per_step: int | None) -> tuple[int, int, int]:
+    """The model's features: new samples, steps, samples over all steps."""
     if min(n_new, n_replay_per_step, n_steps) < 0:
         raise UsageError(f"update shape must be >= 0, got n_new={n_new}, "
                          f"n_replay_per_step={n_replay_per_step}, n_steps={n_steps}")
     per_step = n_new if n_new_per_step is None else n_new_per_step
     if per_step < 0:
         raise UsageError(f"n_new_per_step must be >= 0, got {n_new_per_step}")
-    return np.asarray([n_new, n_steps, n_steps * (per_step + n_replay_per_step), 1.0],
-                      dtype=float)
+    return n_new, n_steps, n_steps * (per_step + n_replay_per_step)
 
 
 def _check_state(state: Any) -> None:
@@ -764,6 +789,12 @@ def _check_state(state: Any) -> None:
         "observations": isinstance(state.get("observations"), list) and all(
             numbers(o, 4) and min(o) >= 0 and o[3] > 0 for o in state["observations"]),
     }
+    if "coefficients" in state or "unfitted" in state:
+        checks["coefficients"] = (numbers(state.get("coefficients"), 4)
+                                  and min(state["coefficients"]) >= 0)
+        checks["unfitted"] = (isinstance(state.get("unfitted"), int)
+                              and not isinstance(state["unfitted"], bool)
+                              and state["unfitted"] >= 0)
     wrong = [key for key, ok in checks.items() if not ok]
     if wrong:
         raise ValueError(f"{wrong[0]} is missing or malformed")

@@ -75,6 +75,12 @@ class LearnerConfig:
     # the loss falls as replay grows). Raise them to spend a generous budget anyway.
     max_replay_per_step: int | None = None  # None: the strategy's fixed replay per step
     max_steps: int = 1
+    # How a scheduled step weighs its new samples against the replayed ones. "plan": the new
+    # samples keep the share of the loss they have in the fixed plan, n / (n + fixed replay),
+    # however many latents the scheduler replays, so replaying more or fewer changes only how
+    # precisely the replay term is estimated. "mean": every sample counts the same, so more
+    # replay dilutes the new data.
+    scheduled_loss: str = "plan"
     eval_batch_size: int = 512
 
     def __post_init__(self) -> None:
@@ -90,6 +96,9 @@ class LearnerConfig:
         if (self.max_replay_per_step is not None and self.max_replay_per_step < 0
                 or self.max_steps < 1):
             raise UsageError("max_replay_per_step must be >= 0 and max_steps >= 1")
+        if self.scheduled_loss not in ("plan", "mean"):
+            raise UsageError(f"scheduled_loss must be 'plan' or 'mean', got "
+                             f"{self.scheduled_loss!r}")
 
 
 class Learner:
@@ -273,6 +282,7 @@ class Learner:
                     latents = self._latents(xt)
                 self._check_latents(latents)
                 self._update(latents, yt, epochs=1, time_steps=False)
+                self._finish_device_work()
                 self.timer.record("update", (time.perf_counter() - started) * 1000)
             return
         with self.timer.stage("backbone"):
@@ -301,6 +311,7 @@ class Learner:
                              replay_per_step=plan.replay_per_step, time_steps=False)
             else:
                 self._replay_only(plan.replay_per_step, plan.n_steps)
+            self._finish_device_work()
             self.scheduler.observe(plan, (time.perf_counter() - started) * 1000)
             done.append(plan.reason)
         return done
@@ -439,10 +450,12 @@ class Learner:
         return checkpoint
 
     @classmethod
-    def from_checkpoint(cls, directory: str | os.PathLike[str]) -> Learner:
+    def from_checkpoint(cls, directory: str | os.PathLike[str], *,
+                        device: str = "cpu") -> Learner:
         """A learner rebuilt from the newest valid checkpoint in ``directory``: the same
         backbone, strategy (with its default settings), configuration and backend (whose
-        ONNX files are kept in ``directory/backbone``), with its state loaded."""
+        ONNX files are kept in ``directory/backbone``), with its state loaded, on ``device``
+        (a checkpoint does not depend on the device it was written on)."""
         from edgecl.runtime.checkpoint import load_checkpoint
 
         meta = load_checkpoint(directory).meta
@@ -453,7 +466,7 @@ class Learner:
                           n_classes=int(meta["n_classes"]), backbone=str(meta["backbone"]),
                           latent_layer=meta["latent_layer"], config=config,
                           seed=int(meta["seed"]), backend=str(meta["backend"]),
-                          onnx_dir=Path(directory) / "backbone")
+                          onnx_dir=Path(directory) / "backbone", device=device)
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError, UsageError
                 ) as error:
             raise CheckpointError(f"checkpoint in {directory} does not describe a learner: "
@@ -666,6 +679,7 @@ class Learner:
                 self._check_latents(latents)
                 self._update(latents, y_new[:k], epochs=plan.n_steps,
                              replay_per_step=plan.replay_per_step, time_steps=False)
+                self._finish_device_work()
             elapsed = (time.perf_counter() - started) * 1000
             self.scheduler.observe(plan, elapsed)
             if k:
@@ -679,11 +693,17 @@ class Learner:
                               "Learner.sleep) and dropped when its queue is full; the report "
                               "counts both", EdgeclWarning, stacklevel=3)
 
+    def _finish_device_work(self) -> None:
+        """Wait for queued GPU kernels: an update is timed, and over, when its work is done,
+        not when its last kernel was launched."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def _replay_only(self, replay_per_step: int, n_steps: int) -> None:
         """Steps on replayed latents alone (idle-time consolidation); stores nothing."""
-        old_x, old_y = self.buffer.sample(replay_per_step, self._generator)
+        old_x, old_y = self._sample_replay(replay_per_step)
         self._update(old_x.view(-1, *self.latent_shape), old_y, epochs=n_steps,
-                     replay_per_step=0, time_steps=False, store=False)
+                     replay_per_step=0, time_steps=False, store=False, weigh_as_plan=False)
 
     @torch.no_grad()
     def _latents(self, x: torch.Tensor) -> torch.Tensor:
@@ -772,8 +792,13 @@ class Learner:
         if not self.quantizes_eval:
             return latents
         codec = self.buffer.codec
-        flat = latents.reshape(len(latents), -1)
-        return codec.decode(codec.encode(flat)).view_as(latents)
+        flat = latents.reshape(len(latents), -1).cpu()  # codecs and the buffer live on the CPU
+        return codec.decode(codec.encode(flat)).to(latents.device).view_as(latents)
+
+    def _sample_replay(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` replayed latents and labels, on the learner's device."""
+        old_x, old_y = self.buffer.sample(n, self._generator)
+        return old_x.to(self.device), old_y.to(self.device)
 
     def _train_forward(self, batch: torch.Tensor) -> torch.Tensor:
         if len(batch) > 1:
@@ -800,7 +825,7 @@ class Learner:
 
     def _update(self, latents: torch.Tensor, labels: torch.Tensor, *, epochs: int,
                 replay_per_step: int | None = None, time_steps: bool = True,
-                store: bool = True) -> None:
+                store: bool = True, weigh_as_plan: bool = True) -> None:
         """Train the head on new latents (``epochs`` passes, mini-batches mixed with replay).
 
         ``replay_per_step`` overrides the strategy's and the config's (the scheduler's
@@ -809,7 +834,8 @@ class Learner:
         cfg = self.config
         if self.buffer is not None and not self.buffer.codec.is_fitted:
             # Codecs are fitted on the first update's latents (the first experience).
-            self.buffer.codec.fit(latents.reshape(len(latents), -1))
+            self.buffer.codec.fit(latents.reshape(len(latents), -1).cpu())
+        labels = labels.to(self.device)
         data, targets = self.strategy.training_data(self._through_codec(latents), labels)
         counts = Counter(targets.tolist())
         if self.buffer is not None:  # CWR* and AR1* count the replayed classes too
@@ -823,8 +849,12 @@ class Learner:
                                     weight_decay=cfg.weight_decay)
         plan = self.strategy.step_plan
         new_per_step = plan.new_per_step or cfg.batch_size
+        fixed_replay = self.fixed_replay_per_step
         if replay_per_step is None:
-            replay_per_step = self.fixed_replay_per_step
+            replay_per_step = fixed_replay
+        # Steps of replay alone (``sleep``) and plans without replay keep the plain mean.
+        reweigh = (weigh_as_plan and cfg.scheduled_loss == "plan" and fixed_replay > 0
+                   and replay_per_step != fixed_replay)
         timed = self.timer.stage if time_steps else _untimed
         for _ in range(epochs):
             order = torch.randperm(len(data), generator=self._generator)
@@ -832,12 +862,17 @@ class Learner:
                 with timed("update"):
                     batch_x, batch_y = data[idx], targets[idx]
                     if replay_per_step > 0 and self.buffer is not None and len(self.buffer):
-                        old_x, old_y = self.buffer.sample(replay_per_step, self._generator)
+                        old_x, old_y = self._sample_replay(replay_per_step)
                         batch_x = torch.cat([batch_x, old_x.view(-1, *self.latent_shape)])
                         batch_y = torch.cat([batch_y, old_y])
                     batch_x, batch_y = self.strategy.augment(
                         batch_x, batch_y, n_new=len(idx), generator=self._generator)
-                    loss = F.cross_entropy(self._train_forward(batch_x), batch_y)
+                    logits = self._train_forward(batch_x)
+                    if reweigh:
+                        loss = _plan_weighted_loss(logits, batch_y, n_new=len(idx),
+                                                   fixed_replay=fixed_replay)
+                    else:
+                        loss = F.cross_entropy(logits, batch_y)
                     penalty = self.strategy.penalty(self.head)
                     if penalty is not None:
                         loss = loss + penalty
@@ -848,12 +883,27 @@ class Learner:
                     self.n_steps += 1
                     if plan.store_each_step and self.buffer is not None and store:
                         # Streaming: a sample can be replayed from the very next step on.
-                        self.buffer.add(data[idx], targets[idx])
+                        self.buffer.add(data[idx].cpu(), targets[idx].cpu())
         self.strategy.after_update(ctx)
         if self.buffer is not None and not plan.store_each_step and store:
-            self.buffer.add(latents, labels)
+            self.buffer.add(latents.cpu(), labels.cpu())
         self.head.eval()
         self.n_updates += 1
+
+
+def _plan_weighted_loss(logits: torch.Tensor, targets: torch.Tensor, *, n_new: int,
+                        fixed_replay: int) -> torch.Tensor:
+    """Cross-entropy in which the first ``n_new`` samples weigh what they would next to
+    ``fixed_replay`` replayed ones and the replayed rest share the remainder equally.
+
+    Without replayed samples the new ones keep their share alone (a smaller step than the
+    fixed plan's, not a larger one)."""
+    per_sample = F.cross_entropy(logits, targets, reduction="none")
+    share_new = n_new / (n_new + fixed_replay)
+    loss = share_new * per_sample[:n_new].mean()
+    if len(per_sample) > n_new:
+        loss = loss + (1 - share_new) * per_sample[n_new:].mean()
+    return loss
 
 
 def _is_int(value: object) -> bool:

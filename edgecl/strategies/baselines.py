@@ -31,6 +31,10 @@ class Cumulative(Strategy):
 
     def training_data(self, latents: torch.Tensor, labels: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._latents and self._latents[0].device != latents.device:
+            # Restored from a checkpoint (loaded on the CPU) into a learner on a GPU.
+            self._latents = [torch.cat(self._latents).to(latents.device)]
+            self._labels = [torch.cat(self._labels).to(latents.device)]
         self._latents.append(latents)
         self._labels.append(labels)
         return torch.cat(self._latents), torch.cat(self._labels)

@@ -51,7 +51,7 @@ class Remind(Strategy):
         # target is the same mixture of the two one-hot labels.
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
         lam = np.random.default_rng(seed).beta(self.mixup_alpha, self.mixup_alpha, n_replay)
-        lam = torch.from_numpy(lam).to(latents.dtype)
+        lam = torch.from_numpy(lam).to(latents.device, latents.dtype)
         partner = torch.randperm(n_replay, generator=generator)
         replay, replay_y = latents[n_new:], targets[n_new:]
         shape = (-1,) + (1,) * (latents.dim() - 1)
