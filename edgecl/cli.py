@@ -176,8 +176,8 @@ def _schedule_summary(stats: dict[str, Any]) -> str:
                    "fixed: the configured replay and one step, so that runs are reproducible "
                    "bit for bit (timings then only report the budget).")
 @click.option("--max-replay-per-step", type=int, default=None,
-              help="Let the budget scheduler grow replay per step up to this when the budget "
-                   "allows [default: the strategy's fixed replay: the scheduler only shrinks].")
+              help="Most replayed latents per step the budget scheduler may spend a generous "
+                   "budget on [default: 4x the strategy's fixed replay].")
 @click.option("--max-steps", type=int, default=1, show_default=True,
               help="Let the budget scheduler take up to this many optimizer steps per update.")
 @click.option("--sleep-ms", type=float, default=0.0, show_default=True,

@@ -26,9 +26,13 @@ every run.
 
 Part B (target 2: "at equal budget, scheduled replay is at least as accurate as a fixed
 replay ratio tuned by hand for that budget"), every seed: the scheduled runs of Part A plus
-fixed-ratio runs without the scheduler, ``LearnerConfig(replay_batch_size=r)`` (REMIND:
+fixed-ratio runs without the scheduler, ``LearnerConfig(replay_batch_size=r,
+new_share=1/(1+r))``: the plain mean of one new and r replayed samples, the classic replay
+ratio, whatever share the strategy gives new data by default (REMIND:
 ``Remind(replay_per_sample=r)``, its step plan fixes the ratio), one optimizer step per
-update. ``--fixed-steps 2 4`` adds k steps per update; the learner has no fixed k-step
+update. The scheduled runs use the learner's defaults: the strategy's share for new data
+(AR1*: 0.25; others: the fixed plan's, 1/33) and up to 4x its fixed replay per step.
+``--fixed-steps 2 4`` adds k steps per update; the learner has no fixed k-step
 streaming mode, so those run through a scheduler pinned to r replay and k steps (its caps
 ``max_replay_per_step=r, max_steps=k`` and a budget nothing reaches: the code path the
 scheduler takes for k steps), and pay its bookkeeping (measured and printed). A fixed
@@ -118,12 +122,16 @@ def make_learner(strategy: str, dataset, seed: int, *, budget_ms: float | None,
                                max_steps=max_steps)
         chosen = create_strategy(strategy)
     elif steps == 1:
-        config = LearnerConfig(replay_batch_size=replay)
+        # The classic fixed ratio: the plain mean of 1 new and r replayed samples, whatever
+        # share the strategy gives new data by default (AR1*: 0.2).
+        config = LearnerConfig(replay_batch_size=replay,
+                               new_share=1 / (1 + replay) if replay else None)
         chosen = (Remind(replay_per_sample=replay) if strategy == "remind"
                   else create_strategy(strategy))
     else:
         config = LearnerConfig(update_budget_ms=PINNED_BUDGET_MS, max_replay_per_step=replay,
-                               max_steps=steps)
+                               max_steps=steps, replay_batch_size=replay,
+                               new_share=1 / (1 + replay) if replay else None)
         chosen = (Remind(replay_per_sample=replay) if strategy == "remind"
                   else create_strategy(strategy))
     return Learner(strategy=chosen, input_shape=dataset.input_shape,
@@ -254,12 +262,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="mnist1d:N, all samples (80 %% train, 4/5 of that streamed)")
     parser.add_argument("--experiences", type=int, default=5)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--fixed-replay", nargs="+", type=int, default=[0, 8, 16, 32, 64, 128])
+    parser.add_argument("--fixed-replay", nargs="+", type=int, default=[0, 4, 8, 16, 32, 64, 128])
     parser.add_argument("--fixed-steps", nargs="+", type=int, default=[1],
                         help="steps per fixed update; above 1 via a pinned scheduler")
     parser.add_argument("--max-replay", type=int, default=None,
-                        help="scheduler's replay cap (default: the learner's, the strategy's "
-                             "fixed replay)")
+                        help="scheduler's replay cap (default: the learner's, 4x the "
+                             "strategy's fixed replay)")
     parser.add_argument("--max-steps", type=int, default=1, help="scheduler's steps cap")
     parser.add_argument("--warmup", type=int, default=20, help="streaming updates dropped")
     parser.add_argument("--sleep-ms", type=float, default=0.0,

@@ -45,6 +45,7 @@ from edgecl.runtime.timing import StageTimer
 from edgecl.strategies import Strategy, UpdateContext, create_strategy
 
 BACKENDS = ("torch", "ort", "ort-int8")  # where the frozen backbone runs
+GROWTH_FACTOR = 4  # default scheduler cap on replay per step, times the fixed plan's
 _CALIBRATION_SAMPLES = 256  # int8 calibration inputs, taken from the first batch learned
 MAX_INPUT_MAGNITUDE = 1e6   # larger inputs are refused (see Learner._check_inputs)
 MAX_LATENT_MAGNITUDE = 1e9  # larger latents are refused before the head sees them
@@ -69,18 +70,18 @@ class LearnerConfig:
     quantize_eval: bool | None = None  # evaluate through the codec; None: strategy or codec
     batch_renorm: bool = True       # BatchRenorm instead of BatchNorm in the head
     update_budget_ms: float | None = None  # schedule streaming updates to fit it (None: off)
-    # The scheduler's caps. By default it only shrinks the fixed plan (the strategy's replay,
-    # one step) to fit the budget: growing it with spare budget (more replay, more steps)
-    # lost accuracy on one-sample streams (tools/bench_budget.py: the new sample's share of
-    # the loss falls as replay grows). Raise them to spend a generous budget anyway.
-    max_replay_per_step: int | None = None  # None: the strategy's fixed replay per step
+    # The scheduler's caps. It shrinks the fixed plan (the strategy's replay, one step) to
+    # fit a tight budget and spends a generous one on more replay, up to GROWTH_FACTOR times
+    # the fixed replay: with new_share fixed, more replay only sharpens the replay term.
+    # More steps are opt-in: each repeats the new samples, which changes what is learned.
+    max_replay_per_step: int | None = None  # None: GROWTH_FACTOR x the fixed replay per step
     max_steps: int = 1
-    # How a scheduled step weighs its new samples against the replayed ones. "plan": the new
-    # samples keep the share of the loss they have in the fixed plan, n / (n + fixed replay),
-    # however many latents the scheduler replays, so replaying more or fewer changes only how
-    # precisely the replay term is estimated. "mean": every sample counts the same, so more
-    # replay dilutes the new data.
-    scheduled_loss: str = "plan"
+    # Share of a streaming step's loss that goes to its new samples when it replays, the
+    # replayed ones sharing the rest. None: the strategy's (AR1*: 0.2), else the share they
+    # have in the fixed plan's plain mean, n / (n + replay_batch_size). It does not change
+    # with the number replayed, so the scheduler's replay changes only how precisely the
+    # replay term is estimated, not what is learned. Experience-at-once steps: plain mean.
+    new_share: float | None = None
     eval_batch_size: int = 512
 
     def __post_init__(self) -> None:
@@ -96,9 +97,8 @@ class LearnerConfig:
         if (self.max_replay_per_step is not None and self.max_replay_per_step < 0
                 or self.max_steps < 1):
             raise UsageError("max_replay_per_step must be >= 0 and max_steps >= 1")
-        if self.scheduled_loss not in ("plan", "mean"):
-            raise UsageError(f"scheduled_loss must be 'plan' or 'mean', got "
-                             f"{self.scheduled_loss!r}")
+        if self.new_share is not None and not 0 < self.new_share < 1:
+            raise UsageError(f"new_share must be in (0, 1), got {self.new_share}")
 
 
 class Learner:
@@ -281,7 +281,7 @@ class Learner:
                 with self.timer.stage("backbone"):
                     latents = self._latents(xt)
                 self._check_latents(latents)
-                self._update(latents, yt, epochs=1, time_steps=False)
+                self._update(latents, yt, epochs=1, time_steps=False, stream=True)
                 self._finish_device_work()
                 self.timer.record("update", (time.perf_counter() - started) * 1000)
             return
@@ -308,7 +308,8 @@ class Learner:
                 x = torch.stack([x for x, _ in plan.items])
                 y = torch.stack([y for _, y in plan.items])
                 self._update(self._latents(x), y, epochs=plan.n_steps,
-                             replay_per_step=plan.replay_per_step, time_steps=False)
+                             replay_per_step=plan.replay_per_step, time_steps=False,
+                             stream=True)
             else:
                 self._replay_only(plan.replay_per_step, plan.n_steps)
             self._finish_device_work()
@@ -645,9 +646,9 @@ class Learner:
             train_flops_per_sample=count_train_step(self.head, self.latent_shape,
                                                     batch=batch) / batch)
         cap = self.config.max_replay_per_step
-        return UpdateScheduler(budget_ms=budget_ms, cost=cost,
-                               max_replay_per_step=self.fixed_replay_per_step if cap is None
-                               or self.buffer is None else cap,
+        if cap is None or self.buffer is None:
+            cap = GROWTH_FACTOR * self.fixed_replay_per_step
+        return UpdateScheduler(budget_ms=budget_ms, cost=cost, max_replay_per_step=cap,
                                max_steps=self.config.max_steps,
                                replay_available=self._replay_available)
 
@@ -678,7 +679,8 @@ class Learner:
                     latents = self._latents(x_new[:k])
                 self._check_latents(latents)
                 self._update(latents, y_new[:k], epochs=plan.n_steps,
-                             replay_per_step=plan.replay_per_step, time_steps=False)
+                             replay_per_step=plan.replay_per_step, time_steps=False,
+                             stream=True)
                 self._finish_device_work()
             elapsed = (time.perf_counter() - started) * 1000
             self.scheduler.observe(plan, elapsed)
@@ -693,6 +695,17 @@ class Learner:
                               "Learner.sleep) and dropped when its queue is full; the report "
                               "counts both", EdgeclWarning, stacklevel=3)
 
+    def _new_share(self, n_new: int, n_replayed: int) -> float | None:
+        """The loss share of a streaming step's new samples; None where it is the plain
+        mean's (so fixed plans compute exactly what they always did)."""
+        share = self.config.new_share or self.strategy.step_plan.stream_new_share
+        if share is None:
+            fixed = self.fixed_replay_per_step
+            if fixed == 0:
+                return None  # a plan without replay weighs nothing against new data
+            share = n_new / (n_new + fixed)
+        return None if math.isclose(share, n_new / (n_new + n_replayed)) else share
+
     def _finish_device_work(self) -> None:
         """Wait for queued GPU kernels: an update is timed, and over, when its work is done,
         not when its last kernel was launched."""
@@ -703,7 +716,7 @@ class Learner:
         """Steps on replayed latents alone (idle-time consolidation); stores nothing."""
         old_x, old_y = self._sample_replay(replay_per_step)
         self._update(old_x.view(-1, *self.latent_shape), old_y, epochs=n_steps,
-                     replay_per_step=0, time_steps=False, store=False, weigh_as_plan=False)
+                     replay_per_step=0, time_steps=False, store=False)
 
     @torch.no_grad()
     def _latents(self, x: torch.Tensor) -> torch.Tensor:
@@ -825,12 +838,13 @@ class Learner:
 
     def _update(self, latents: torch.Tensor, labels: torch.Tensor, *, epochs: int,
                 replay_per_step: int | None = None, time_steps: bool = True,
-                store: bool = True, weigh_as_plan: bool = True) -> None:
+                store: bool = True, stream: bool = False) -> None:
         """Train the head on new latents (``epochs`` passes, mini-batches mixed with replay).
 
         ``replay_per_step`` overrides the strategy's and the config's (the scheduler's
         choice); ``time_steps`` records each step as an "update" (experience mode; streaming
-        updates are timed whole by the caller)."""
+        updates are timed whole by the caller); ``stream`` weighs new against replayed
+        samples by ``new_share`` (streaming updates), else every sample counts the same."""
         cfg = self.config
         if self.buffer is not None and not self.buffer.codec.is_fitted:
             # Codecs are fitted on the first update's latents (the first experience).
@@ -849,12 +863,8 @@ class Learner:
                                     weight_decay=cfg.weight_decay)
         plan = self.strategy.step_plan
         new_per_step = plan.new_per_step or cfg.batch_size
-        fixed_replay = self.fixed_replay_per_step
         if replay_per_step is None:
-            replay_per_step = fixed_replay
-        # Steps of replay alone (``sleep``) and plans without replay keep the plain mean.
-        reweigh = (weigh_as_plan and cfg.scheduled_loss == "plan" and fixed_replay > 0
-                   and replay_per_step != fixed_replay)
+            replay_per_step = self.fixed_replay_per_step
         timed = self.timer.stage if time_steps else _untimed
         for _ in range(epochs):
             order = torch.randperm(len(data), generator=self._generator)
@@ -868,11 +878,11 @@ class Learner:
                     batch_x, batch_y = self.strategy.augment(
                         batch_x, batch_y, n_new=len(idx), generator=self._generator)
                     logits = self._train_forward(batch_x)
-                    if reweigh:
-                        loss = _plan_weighted_loss(logits, batch_y, n_new=len(idx),
-                                                   fixed_replay=fixed_replay)
-                    else:
+                    share = self._new_share(len(idx), len(batch_y) - len(idx)) if stream else None
+                    if share is None:
                         loss = F.cross_entropy(logits, batch_y)
+                    else:
+                        loss = _weighted_loss(logits, batch_y, n_new=len(idx), new_share=share)
                     penalty = self.strategy.penalty(self.head)
                     if penalty is not None:
                         loss = loss + penalty
@@ -891,18 +901,17 @@ class Learner:
         self.n_updates += 1
 
 
-def _plan_weighted_loss(logits: torch.Tensor, targets: torch.Tensor, *, n_new: int,
-                        fixed_replay: int) -> torch.Tensor:
-    """Cross-entropy in which the first ``n_new`` samples weigh what they would next to
-    ``fixed_replay`` replayed ones and the replayed rest share the remainder equally.
+def _weighted_loss(logits: torch.Tensor, targets: torch.Tensor, *, n_new: int,
+                   new_share: float) -> torch.Tensor:
+    """Cross-entropy in which the first ``n_new`` samples share ``new_share`` of the loss
+    and the replayed rest share the remainder.
 
     Without replayed samples the new ones keep their share alone (a smaller step than the
     fixed plan's, not a larger one)."""
     per_sample = F.cross_entropy(logits, targets, reduction="none")
-    share_new = n_new / (n_new + fixed_replay)
-    loss = share_new * per_sample[:n_new].mean()
+    loss = new_share * per_sample[:n_new].mean()
     if len(per_sample) > n_new:
-        loss = loss + (1 - share_new) * per_sample[n_new:].mean()
+        loss = loss + (1 - new_share) * per_sample[n_new:].mean()
     return loss
 
 

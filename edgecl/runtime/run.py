@@ -52,7 +52,7 @@ class RunSpec:
     schedule: str = "budget"             # budget: size streaming updates to fit update_ms;
                                          # fixed: configured replay and steps (reproducible)
     sleep_ms: float = 0.0                # idle-time consolidation after each experience
-    max_replay_per_step: int | None = None  # scheduler caps (None: the strategy's replay)
+    max_replay_per_step: int | None = None  # scheduler caps (None: 4x the strategy's replay)
     max_steps: int = 1
     backend: str = "torch"
     online_batch_size: int = 1

@@ -32,6 +32,9 @@ class StepPlan:
     epochs: int | None = None           # passes over the new data (streaming methods: 1)
     store_each_step: bool = False       # store new latents after each step, not after the
                                         # update, so they are replayed at once (REMIND)
+    # Share of a streaming step's loss that goes to its new samples when it replays (AR1*:
+    # 0.2); None: the share they have in the plain mean of the fixed plan, n / (n + replay).
+    stream_new_share: float | None = None
 
 
 @dataclass(frozen=True)
