@@ -180,6 +180,11 @@ def _schedule_summary(stats: dict[str, Any]) -> str:
                    "budget on [default: 4x the strategy's fixed replay].")
 @click.option("--max-steps", type=int, default=1, show_default=True,
               help="Let the budget scheduler take up to this many optimizer steps per update.")
+@click.option("--new-share", type=float, default=None,
+              help="Share of a streaming step's loss given to its new samples, the replayed "
+                   "ones sharing the rest; it stays the same however many the scheduler "
+                   "replays [default: the strategy's (ar1*: 0.25), else the fixed plan's, "
+                   "1/33].")
 @click.option("--sleep-ms", type=float, default=0.0, show_default=True,
               help="Idle time after each experience for sleep consolidation: deferred "
                    "samples, then more replay (with --schedule budget).")
@@ -214,7 +219,8 @@ def learn_command(profile: str, dataset: str, scenario: str, strategy: str, n_ex
                   codec: str | None,
                   quantize_eval: bool | None,
                   update_budget_ms: float | None, schedule: str,
-                  max_replay_per_step: int | None, max_steps: int, sleep_ms: float,
+                  max_replay_per_step: int | None, max_steps: int,
+                  new_share: float | None, sleep_ms: float,
                   backend: str, online_batch_size: int,
                   backbone_weights: str | None, save_backbone: str | None, seed: int,
                   report_path: Path | None, checkpoint_dir: str | None, checkpoint_every: int,
@@ -245,6 +251,8 @@ def learn_command(profile: str, dataset: str, scenario: str, strategy: str, n_ex
         raise UsageError(f"--max-replay-per-step must be >= 0, got {max_replay_per_step}")
     if max_steps < 1:
         raise UsageError(f"--max-steps must be >= 1, got {max_steps}")
+    if new_share is not None and not 0 < new_share < 1:
+        raise UsageError(f"--new-share must be between 0 and 1 (exclusive), got {new_share}")
     if not sleep_ms >= 0:
         raise UsageError(f"--sleep-ms must be >= 0, got {sleep_ms}")
     if checkpoint_every < 1:
@@ -259,7 +267,7 @@ def learn_command(profile: str, dataset: str, scenario: str, strategy: str, n_ex
                    quantize_eval=quantize_eval,
                    update_budget_ms=update_budget_ms, schedule=schedule,
                    max_replay_per_step=max_replay_per_step, max_steps=max_steps,
-                   sleep_ms=sleep_ms, backend=backend,
+                   new_share=new_share, sleep_ms=sleep_ms, backend=backend,
                    online_batch_size=online_batch_size, backbone_weights=backbone_weights,
                    save_backbone=save_backbone, checkpoint_dir=checkpoint_dir,
                    checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,

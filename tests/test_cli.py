@@ -90,6 +90,17 @@ def test_online_and_nic_scenarios_run(tmp_path):
     assert len(nic["accuracy_matrix"]) == 3
 
 
+def test_scheduled_online_run_spends_a_generous_budget_on_replay(tmp_path):
+    _, report = _learn(tmp_path, "--dataset", "mnist1d:400", "--scenario", "online",
+                       "--strategy", "latent-replay", "--experiences", "2",
+                       "--update-budget-ms", "500", "--new-share", "0.1", name="g.json")
+    # Far more budget than any update needs: the scheduler replays more than the fixed
+    # plan's 32 per step (up to 4x, as many as the buffer's 160 latents allow).
+    assert report["budget"]["replay_per_update"] > 32
+    _assert_one_line_error(CliRunner().invoke(cli, ["learn", "--new-share", "1"]), 2,
+                           "--new-share")
+
+
 def _npz(tmp_path: Path, **arrays: np.ndarray) -> str:
     path = tmp_path / "data.npz"
     np.savez(path, **arrays)

@@ -5,7 +5,8 @@ accuracy of scheduled replay against hand-tuned fixed replay at equal budget.
     python tools/bench_budget.py --quick             # smoke test, under a minute
     python tools/bench_budget.py --strategies 'ar1*' --budgets 5 20 --seeds 0 --part a
 
-The stream: MNIST-1D (``mnist1d:N``, N from ``--samples``), ``online`` scenario, 5
+The stream: MNIST-1D (``mnist1d:N``, N from ``--samples``; ``--dataset digits`` or any other
+dataset name instead), ``online`` scenario, 5
 experiences, one sample per update. The backbone is pretrained on experience 0 once per
 seed and loaded by every run of that seed (``load_backbone``), so runs differ only in how
 their heads learn; each run learns experience 0 as a batch (``learn_many(x, y)``, not
@@ -91,15 +92,15 @@ def host_load() -> dict[str, float]:
 class Streams:
     """Datasets, scenarios and pretrained backbones, one of each per seed."""
 
-    def __init__(self, samples: int, experiences: int, directory: Path) -> None:
-        self.samples = samples
+    def __init__(self, dataset: str, experiences: int, directory: Path) -> None:
+        self.dataset = dataset
         self.experiences = experiences
         self.directory = directory
         self._cache: dict[int, tuple] = {}
 
     def get(self, seed: int) -> tuple:
         if seed not in self._cache:
-            dataset = load_dataset(f"mnist1d:{self.samples}", seed=seed)
+            dataset = load_dataset(self.dataset, seed=seed)
             scenario = build_scenario("online", dataset, n_experiences=self.experiences,
                                       seed=seed, batch_size=1)
             # Pretrain on the first experience exactly as a run would, once per seed.
@@ -107,7 +108,7 @@ class Streams:
                               n_classes=dataset.n_classes, seed=seed)
             first = scenario.experiences[0]
             learner.pretrain(first.x, first.y)
-            weights = self.directory / f"mnist1d-{seed}.pt"
+            weights = self.directory / f"backbone-{seed}.pt"
             learner.save_backbone(weights)
             self._cache[seed] = (dataset, scenario, weights)
         return self._cache[seed]
@@ -260,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="update budgets in ms")
     parser.add_argument("--samples", type=int, default=4000,
                         help="mnist1d:N, all samples (80 %% train, 4/5 of that streamed)")
+    parser.add_argument("--dataset", default=None,
+                        help="another stream: a dataset name as in 'edgecl learn --dataset' "
+                             "(default: mnist1d:SAMPLES)")
     parser.add_argument("--experiences", type=int, default=5)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--fixed-replay", nargs="+", type=int, default=[0, 4, 8, 16, 32, 64, 128])
@@ -282,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         args.strategies, args.compare = ["ar1*", "naive"], ["ar1*"]
         args.budgets, args.samples, args.seeds = [5.0, 20.0], 600, [0, 1]
         args.fixed_replay, args.fixed_steps = [0, 32], [1]
+    args.dataset = args.dataset or f"mnist1d:{args.samples}"
     bad = [s for s in args.compare if s not in ("latent-replay", "ar1*", "remind")]
     if bad:
         parser.error(f"--compare: {bad[0]} has no replay ratio to tune")
@@ -292,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[tuple, dict] = {}
 
     with tempfile.TemporaryDirectory() as tmp:
-        streams = Streams(args.samples, args.experiences, Path(tmp))
+        streams = Streams(args.dataset, args.experiences, Path(tmp))
 
         def cached(key: tuple, label: str, strategy: str, seed: int, **options) -> dict:
             """One run per key, shared by part A, part B and every budget."""
@@ -430,7 +435,7 @@ def _row_b(strategy: str, budget: float, sched: list[dict], grid: dict, warmup: 
 
 
 def _print_part_a(rows: list[dict], args: argparse.Namespace) -> None:
-    print(f"\n### Part A: scheduled streaming updates against the budget (mnist1d:{args.samples}"
+    print(f"\n### Part A: scheduled streaming updates against the budget ({args.dataset}"
           f" online, seed {args.seeds[0]}, {args.threads} torch thread(s), first {args.warmup}"
           " updates dropped)\n")
     print("Latency: wall time of each `learn_many` call that learned at least one sample, "

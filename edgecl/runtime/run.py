@@ -54,6 +54,7 @@ class RunSpec:
     sleep_ms: float = 0.0                # idle-time consolidation after each experience
     max_replay_per_step: int | None = None  # scheduler caps (None: 4x the strategy's replay)
     max_steps: int = 1
+    new_share: float | None = None       # loss share of new samples in streaming steps
     backend: str = "torch"
     online_batch_size: int = 1
     backbone_weights: str | None = None  # load a pretrained network instead of pretraining
@@ -148,7 +149,8 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
                               "update_budget_ms": update_ms if spec.schedule == "budget"
                               else None,
                               "max_replay_per_step": spec.max_replay_per_step,
-                              "max_steps": spec.max_steps})
+                              "max_steps": spec.max_steps,
+                              "new_share": spec.new_share})
     checkpoints = _Checkpointer.from_spec(spec)
     providers, provider_warning = resolve_execution_providers(profile)
     if spec.backend != "torch" and provider_warning:
