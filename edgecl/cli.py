@@ -112,7 +112,9 @@ def _print_table(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
          f"{100 * budget['far_over_budget_fraction']:.1f}% over by >20%)"),
         ("replay per update", f"{budget['replay_per_update']:.1f} latents"
          + (f" (scheduled: {_schedule_summary(budget['scheduler'])})"
-            if "scheduler" in budget else " (fixed plan)")),
+            if "scheduler" in budget else " (fixed plan)")
+         + (f"; new data {budget['new_share']:.2g} of the loss"
+            if budget.get("new_share") is not None else "")),
         ("memory in use / budget", f"{budget['memory_used_bytes']:,} / "
          f"{budget['memory_budget_bytes']:,} bytes (replay + strategy state)"
          if budget.get("memory_budget_bytes") else "no memory budget"),

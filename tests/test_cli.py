@@ -97,6 +97,7 @@ def test_scheduled_online_run_spends_a_generous_budget_on_replay(tmp_path):
     # Far more budget than any update needs: the scheduler replays more than the fixed
     # plan's 32 per step (up to 4x, as many as the buffer's 160 latents allow).
     assert report["budget"]["replay_per_update"] > 32
+    assert report["budget"]["new_share"] == 0.1
     _assert_one_line_error(CliRunner().invoke(cli, ["learn", "--new-share", "1"]), 2,
                            "--new-share")
 

@@ -77,7 +77,7 @@ class LearnerConfig:
     max_replay_per_step: int | None = None  # None: GROWTH_FACTOR x the fixed replay per step
     max_steps: int = 1
     # Share of a streaming step's loss that goes to its new samples when it replays, the
-    # replayed ones sharing the rest. None: the strategy's (AR1*: 0.2), else the share they
+    # replayed ones sharing the rest. None: the strategy's (AR1*: 0.25), else the share they
     # have in the fixed plan's plain mean, n / (n + replay_batch_size). It does not change
     # with the number replayed, so the scheduler's replay changes only how precisely the
     # replay term is estimated, not what is learned. Experience-at-once steps: plain mean.
@@ -700,16 +700,25 @@ class Learner:
                               "Learner.sleep) and dropped when its queue is full; the report "
                               "counts both", EdgeclWarning, stacklevel=3)
 
-    def _new_share(self, n_new: int, n_replayed: int) -> float | None:
-        """The loss share of a streaming step's new samples; None where it is the plain
-        mean's (so fixed plans compute exactly what they always did)."""
+    def stream_new_share(self, n_new: int = 1) -> float | None:
+        """The share of a streaming step's loss that its ``n_new`` new samples get when it
+        replays: the config's, else the strategy's, else the fixed plan's n / (n + replay);
+        None for a learner that does not replay."""
         share = self.config.new_share or self.strategy.step_plan.stream_new_share
         if share is None:
             fixed = self.fixed_replay_per_step
             if fixed == 0:
-                return None  # a plan without replay weighs nothing against new data
+                return None
             share = n_new / (n_new + fixed)
-        return None if math.isclose(share, n_new / (n_new + n_replayed)) else share
+        return share
+
+    def _new_share(self, n_new: int, n_replayed: int) -> float | None:
+        """The share to weigh a streaming step by; None where it is the plain mean's (so
+        fixed plans compute exactly what they always did)."""
+        share = self.stream_new_share(n_new)
+        if share is None or math.isclose(share, n_new / (n_new + n_replayed)):
+            return None
+        return share
 
     def _finish_device_work(self) -> None:
         """Wait for queued GPU kernels: an update is timed, and over, when its work is done,

@@ -261,6 +261,7 @@ def _budget_section(learner: Learner, spec: RunSpec, update_ms: float, memory_mb
         stats = learner.scheduler.stats()
         section["scheduler"] = stats
         section["replay_per_update"] = stats["mean_replay_per_step"] * stats["mean_steps"]
+        section["new_share"] = learner.stream_new_share(spec.online_batch_size)
     else:
         section["replay_per_update"] = learner.fixed_replay_per_step
     return section

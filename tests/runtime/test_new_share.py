@@ -81,6 +81,8 @@ def test_share_defaults_follow_the_strategy_then_the_fixed_plan():
     assert replay._new_share(1, 32) is None  # the plain mean: fixed runs are unchanged
     assert replay._new_share(1, 128) == pytest.approx(1 / 33)
     assert replay._new_share(1, 0) == pytest.approx(1 / 33)
+    assert replay.stream_new_share() == pytest.approx(1 / 33)
+    assert replay.stream_new_share(8) == pytest.approx(8 / 40)
     ar1 = _learner("ar1*")
     assert ar1._new_share(1, 32) == ar1.strategy.step_plan.stream_new_share
     assert _learner("ar1*", new_share=0.5)._new_share(1, 32) == 0.5
