@@ -3,23 +3,14 @@ scheduler's default growth of replay with a generous budget."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_learner import _data  # three noisy blobs in 12 dimensions
 
 from edgecl import Learner, LearnerConfig, UsageError
 from edgecl.runtime import learner as learner_module
 from edgecl.runtime.learner import GROWTH_FACTOR, _weighted_loss
-
-CONFIG = LearnerConfig(pretrain_epochs=2, epochs=1)
-
-
-def _data(n: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 3
-    x = (np.eye(3, 12)[y] * 3 + rng.normal(size=(n, 12))).astype(np.float32)
-    return x, y
 
 
 def _learner(strategy: str = "latent-replay", **config) -> Learner:
