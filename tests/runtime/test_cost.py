@@ -364,12 +364,12 @@ def test_margin_is_a_quantile_of_measured_over_predicted():
 def test_state_dict_round_trip_through_json():
     model = UpdateCostModel(UpdateCoefficients(0.2, 0.05, 0.02, 0.01), window=32)
     rng = np.random.default_rng(4)
-    for _ in range(40):
+    for _ in range(44):  # refits after each of the first 32, then at 40: 4 since the last
         shape = random_shape(rng)
         model.observe(*shape, true_ms(*shape) * math.exp(rng.normal(0, 0.1)))
     restored = UpdateCostModel(TRUE)
     restored.load_state_dict(json.loads(json.dumps(model.state_dict())))
-    assert restored.window == 32 and restored.n_observed == 40
+    assert restored.window == 32 and restored.n_observed == 44
     assert restored.coefficients == model.coefficients
     assert restored.margin() == model.margin()
     shape = random_shape(rng)
@@ -398,12 +398,37 @@ def _state(**changes):
     _state(observations=[[1, 1, 1, 0.0]]),
     _state(observations={"a": 1}),
     _state(default_margin=0.5),
+    _state(coefficients=[1, 1, 1], unfitted=0),
+    _state(coefficients=[1, 1, -1, 1], unfitted=0),
+    _state(coefficients=[1, 1, 1, 1], unfitted=-1),
+    _state(coefficients=[1, 1, 1, 1]),
 ])
 def test_loading_garbage_raises_checkpoint_error(garbage):
     model = UpdateCostModel(TRUE)
     with pytest.raises(CheckpointError):
         model.load_state_dict(garbage)
     assert model.coefficients == TRUE  # unchanged
+
+
+def test_a_state_without_the_fit_in_use_is_refitted():
+    # States saved before refits became lazy hold the observations only.
+    model = UpdateCostModel(TRUE)
+    model.load_state_dict(_state())
+    assert model.n_observed == 1
+    # The prior (all 1) predicts 4 ms for the observed update that took 3: the fit scales it.
+    assert model.coefficients != UpdateCoefficients(1, 1, 1, 1)
+    assert model.predict_ms(1, 0, 1, n_new_per_step=1) < 4
+
+
+def test_refits_are_eager_at_first_then_every_eighth_observation():
+    model = UpdateCostModel(UpdateCoefficients(0.2, 0.05, 0.02, 0.01))
+    fits = []
+    for i in range(48):
+        model.observe(4, 8, 1, 3.0 + (i % 3))
+        fits.append(model.coefficients)
+    changed = [i + 1 for i in range(1, 48) if fits[i] != fits[i - 1]]
+    assert set(changed) <= set(range(2, 33)) | {40, 48}
+    assert {40, 48} <= set(changed)
 
 
 def test_bad_observations_and_priors_are_usage_errors():
