@@ -462,6 +462,7 @@ class Learner:
         (a checkpoint does not depend on the device it was written on)."""
         from edgecl.runtime.checkpoint import load_checkpoint
 
+        _check_device(device)  # before the checkpoint: a bad argument is not a bad file
         meta = load_checkpoint(directory).meta
         try:
             config = LearnerConfig(**meta["config"])
@@ -945,10 +946,17 @@ def _check_constructor_arguments(strategy: object, input_shape: object, n_classe
         raise UsageError(f"n_classes must be an integer >= 2, got {n_classes!r}")
     if not _is_int(seed) or not 0 <= seed < 2**63:
         raise UsageError(f"seed must be an integer in 0..2**63-1, got {seed!r}")
+    _check_device(device)
+
+
+def _check_device(device: object) -> None:
     try:
-        torch.device(device)
+        kind = torch.device(device).type
     except (RuntimeError, TypeError):
         raise UsageError(f"unknown device {device!r}; use 'cpu' or 'cuda'") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {device!r}: this machine has no CUDA device that torch "
+                         f"{torch.__version__} can use; use 'cpu'")
 
 
 @contextmanager

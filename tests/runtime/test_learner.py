@@ -80,3 +80,18 @@ def test_coarse_codecs_train_and_test_the_head_on_reconstructed_latents():
     with torch.no_grad():
         direct = coarse.head(rebuilt).argmax(1).numpy()
     assert np.array_equal(coarse.predict_many(x), direct)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_cuda_without_a_gpu_is_a_clear_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="no CUDA device"):
+        Learner(strategy="naive", input_shape=(12,), n_classes=3, device="cuda")
+    x, y = _data()
+    learner = _learner()
+    learner.learn_many(x, y)
+    learner.save_checkpoint(tmp_path)
+    with pytest.raises(UsageError, match="no CUDA device"):
+        Learner.from_checkpoint(tmp_path, device="cuda")
+    with pytest.raises(UsageError, match="unknown device"):
+        Learner.from_checkpoint(tmp_path, device="tpu")
+    assert Learner.from_checkpoint(tmp_path, device="cpu").evaluate(x, y) == learner.evaluate(x, y)
