@@ -115,12 +115,12 @@ class Streams:
 
 
 def make_learner(strategy: str, dataset, seed: int, *, budget_ms: float | None,
-                 replay: int | None, steps: int, max_replay: int | None, max_steps: int
-                 ) -> Learner:
+                 replay: int | None, steps: int, max_replay: int | None, max_steps: int,
+                 new_share: float | None = None) -> Learner:
     """Scheduled (``budget_ms`` set), fixed (``replay`` r, one step) or pinned (r, k steps)."""
     if budget_ms is not None:
         config = LearnerConfig(update_budget_ms=budget_ms, max_replay_per_step=max_replay,
-                               max_steps=max_steps)
+                               max_steps=max_steps, new_share=new_share)
         chosen = create_strategy(strategy)
     elif steps == 1:
         # The classic fixed ratio: the plain mean of 1 new and r replayed samples, whatever
@@ -141,11 +141,13 @@ def make_learner(strategy: str, dataset, seed: int, *, budget_ms: float | None,
 
 def run_stream(streams: Streams, strategy: str, seed: int, *, budget_ms: float | None = None,
                replay: int | None = None, steps: int = 1, max_replay: int | None = None,
-               max_steps: int = 1, sleep_ms: float = 0.0) -> dict:
+               max_steps: int = 1, sleep_ms: float = 0.0,
+               new_share: float | None = None) -> dict:
     """One online run; every streaming ``learn_many`` timed (wall and CPU) by the caller."""
     dataset, scenario, weights = streams.get(seed)
     learner = make_learner(strategy, dataset, seed, budget_ms=budget_ms, replay=replay,
-                           steps=steps, max_replay=max_replay, max_steps=max_steps)
+                           steps=steps, max_replay=max_replay, max_steps=max_steps,
+                           new_share=new_share)
     learner.load_backbone(weights)
     load_before = host_load()
     started = time.perf_counter()
@@ -273,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="scheduler's replay cap (default: the learner's, 4x the "
                              "strategy's fixed replay)")
     parser.add_argument("--max-steps", type=int, default=1, help="scheduler's steps cap")
+    parser.add_argument("--new-share", type=float, default=None,
+                        help="scheduled runs' loss share for new data (default: the "
+                             "learner's, ar1* 0.25, else 1/33)")
     parser.add_argument("--warmup", type=int, default=20, help="streaming updates dropped")
     parser.add_argument("--sleep-ms", type=float, default=0.0,
                         help="idle time given to learner.sleep after each experience")
@@ -313,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             return cached(("scheduled", strategy, budget, seed),
                           f"scheduled {strategy} {budget:g} ms", strategy, seed,
                           budget_ms=budget, max_replay=args.max_replay,
-                          max_steps=args.max_steps)
+                          max_steps=args.max_steps, new_share=args.new_share)
 
         def fixed(strategy: str, replay: int, steps: int, seed: int) -> dict:
             return cached(("fixed", strategy, replay, steps, seed),
