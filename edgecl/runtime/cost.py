@@ -548,8 +548,7 @@ class UpdateCostModel:
         self.n_observed = 0
         # [n_new, n_steps, n_steps * samples per step, measured ms]: the features and y.
         self._obs: list[list[float]] = []
-        self._theta = np.asarray(values, dtype=float)
-        self._coefficients = tuple(float(v) for v in self._theta)
+        self._coefficients = tuple(float(v) for v in values)  # the fit in use
         self._margins: dict[float, float] = {}
         self._unfitted = 0  # observations since the last refit
 
@@ -590,7 +589,7 @@ class UpdateCostModel:
     @property
     def coefficients(self) -> UpdateCoefficients:
         """The current (fitted) coefficients."""
-        return UpdateCoefficients(*(float(v) for v in self._theta))
+        return UpdateCoefficients(*self._coefficients)
 
     def predict_ms(self, n_new: int, n_replay_per_step: int, n_steps: int, *,
                    n_new_per_step: int | None = None) -> float:
@@ -633,7 +632,8 @@ class UpdateCostModel:
         if n < self._MIN_FOR_MARGIN:
             return self.default_margin
         obs = np.asarray(self._obs)
-        predicted = np.maximum(obs[:, :3] @ self._theta[:3] + self._theta[3], 1e-6)
+        theta = np.asarray(self._coefficients)
+        predicted = np.maximum(obs[:, :3] @ theta[:3] + theta[3], 1e-6)
         ordered = np.sort(np.log(obs[:, 3] / predicted))
         centre = _quantile(ordered, 0.5)
         mad = 1.4826 * _median(np.abs(ordered - centre))
@@ -702,8 +702,7 @@ class UpdateCostModel:
             # machine, not noise. Relative residuals below the fit are bounded by -1 anyway.
             tukey = np.clip(1 - (residual / (self._TUKEY * sigma)) ** 2, 0.0, None) ** 2
             weights = recency * np.where(residual > 0, tukey, 1.0)
-        self._theta = np.maximum(theta, 0.0)
-        self._coefficients = tuple(float(v) for v in self._theta)
+        self._coefficients = tuple(float(v) for v in np.maximum(theta, 0.0))
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -729,8 +728,7 @@ class UpdateCostModel:
         if restored._obs:
             restored._refit()
         if "coefficients" in state:  # absent from states saved before lazy refits
-            restored._theta = np.asarray(state["coefficients"], dtype=float)
-            restored._coefficients = tuple(state["coefficients"])
+            restored._coefficients = tuple(float(v) for v in state["coefficients"])
             restored._unfitted = state["unfitted"]
         self.__dict__.update(restored.__dict__)
 
