@@ -860,6 +860,16 @@ def ort_checkpoint(tmp_path_factory) -> tuple[Path, dict[str, Any]]:
     return directory, kwargs
 
 
+def _damaged(content: bytes, data: st.DataObject, how: str) -> bytearray:
+    """``content`` cut short at a drawn length ("truncate") or with one drawn bit flipped."""
+    blob = bytearray(content)
+    if how == "truncate":
+        return blob[: data.draw(st.integers(0, len(blob) - 1), label="length")]
+    blob[data.draw(st.integers(0, len(blob) - 1), label="byte")] ^= 1 << data.draw(
+        st.integers(0, 7), label="bit")
+    return blob
+
+
 @settings(max_examples=15, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data(), how=st.sampled_from(["truncate", "flip"]))
@@ -869,12 +879,7 @@ def test_a_damaged_onnx_backbone_next_to_a_checkpoint_is_refused(tmp_path_factor
     directory = tmp_path_factory.mktemp("ort-damaged") / "ck"
     shutil.copytree(original, directory)
     (onnx_file,) = (directory / "backbone").glob("*.onnx")
-    blob = bytearray(onnx_file.read_bytes())
-    if how == "truncate":
-        blob = blob[: data.draw(st.integers(0, len(blob) - 1), label="length")]
-    else:
-        blob[data.draw(st.integers(0, len(blob) - 1), label="byte")] ^= 1 << data.draw(
-            st.integers(0, 7), label="bit")
+    blob = _damaged(onnx_file.read_bytes(), data, how)
     onnx_file.write_bytes(bytes(blob))
     learner = call(Learner, **(kwargs | {"onnx_dir": directory / "backbone"}))
     error = rejects(learner, "load_checkpoint", directory)
@@ -890,12 +895,7 @@ def test_a_damaged_onnx_file_fails_cleanly_in_the_runner(tmp_path_factory, ort_c
 
     original, _ = ort_checkpoint
     (onnx_file,) = (original / "backbone").glob("*.onnx")
-    blob = bytearray(onnx_file.read_bytes())
-    if how == "truncate":
-        blob = blob[: data.draw(st.integers(0, len(blob) - 1), label="length")]
-    else:
-        blob[data.draw(st.integers(0, len(blob) - 1), label="byte")] ^= 1 << data.draw(
-            st.integers(0, 7), label="bit")
+    blob = _damaged(onnx_file.read_bytes(), data, how)
     path = tmp_path_factory.mktemp("onnx") / "bad.onnx"
     path.write_bytes(bytes(blob))
     try:

@@ -139,6 +139,19 @@ class BudgetedBuffer:
             "buffer": self.kind,
         }
 
+    def _reserve_restored(self, dim: int) -> bool:
+        """Check a checkpoint's latent size against this buffer and allocate for it; False
+        for an empty checkpoint (nothing to restore), CheckpointError if it cannot fit."""
+        if dim == 0:
+            if self._size:
+                raise CheckpointError("replay buffer checkpoint is empty, this buffer is not")
+            return False
+        if self._dim is not None and dim != self._dim:
+            raise CheckpointError(f"replay buffer checkpoint holds latents of {dim} values, "
+                                  f"this buffer {self._dim}")
+        self.reserve(dim)
+        return True
+
     def _check_sample_size(self, n: int) -> None:
         if self._size == 0:
             raise UsageError("cannot sample from an empty replay buffer")
@@ -270,14 +283,8 @@ class ClassBalancedBuffer(BudgetedBuffer):
         """Restore what ``state_dict`` returned into a buffer with the same limits and codec;
         CheckpointError, with the buffer unchanged, if it does not fit."""
         dim = int(tensor_entry(state, "dim", what="replay buffer", shape=()))
-        if dim == 0:
-            if self._size:
-                raise CheckpointError("replay buffer checkpoint is empty, this buffer is not")
+        if not self._reserve_restored(dim):
             return
-        if self._dim is not None and dim != self._dim:
-            raise CheckpointError(f"replay buffer checkpoint holds latents of {dim} values, "
-                                  f"this buffer {self._dim}")
-        self.reserve(dim)
         codes = tensor_entry(state, "codes", what="replay buffer", shape=self._codes.shape,
                              dtype=self._codes.dtype)
         labels = tensor_entry(state, "labels", what="replay buffer", shape=self._labels.shape,

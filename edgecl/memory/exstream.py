@@ -372,14 +372,8 @@ class ExStreamBuffer(BudgetedBuffer):
             dim = int(state["dim"])
         except (KeyError, TypeError, ValueError, RuntimeError):
             raise CheckpointError("replay buffer checkpoint has no latent size ('dim')") from None
-        if dim == 0:
-            if self._size:
-                raise CheckpointError("replay buffer checkpoint is empty, this buffer is not")
+        if not self._reserve_restored(dim):
             return
-        if self._dim is not None and dim != self._dim:
-            raise CheckpointError(f"replay buffer checkpoint holds latents of {dim} values, "
-                                  f"this buffer {self._dim}")
-        self.reserve(dim)
         expected = {"codes": self._codes, "labels": self._labels, "counts": self._counts}
         for key, own in expected.items():
             got = state.get(key)

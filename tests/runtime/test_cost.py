@@ -270,6 +270,15 @@ def random_shape(rng: np.random.Generator) -> tuple[int, int, int]:
 GRID = [(n, r, s) for n in (1, 8, 32) for r in (0, 16, 64) for s in (1, 2, 4)]
 
 
+def observe_random(model: UpdateCostModel, rng: np.random.Generator, n: int, *,
+                   slowdown: float = 1.0, noise: float = 0.05) -> None:
+    """``n`` updates of random shapes on the TRUE machine (``slowdown`` times slower), with
+    log-normal timing noise."""
+    for _ in range(n):
+        shape = random_shape(rng)
+        model.observe(*shape, slowdown * true_ms(*shape) * math.exp(rng.normal(0, noise)))
+
+
 def worst_relative_error(model: UpdateCostModel) -> float:
     return max(abs(model.predict_ms(*shape) / true_ms(*shape) - 1) for shape in GRID)
 
@@ -317,12 +326,8 @@ def test_converges_on_the_shapes_a_scheduler_repeats():
 def test_follows_a_machine_that_slows_down():
     model = UpdateCostModel(TRUE)
     rng = np.random.default_rng(5)
-    for _ in range(64):
-        shape = random_shape(rng)
-        model.observe(*shape, true_ms(*shape) * math.exp(rng.normal(0, 0.05)))
-    for _ in range(48):  # thermal throttling: everything now takes twice as long
-        shape = random_shape(rng)
-        model.observe(*shape, 2 * true_ms(*shape) * math.exp(rng.normal(0, 0.05)))
+    observe_random(model, rng, 64)
+    observe_random(model, rng, 48, slowdown=2)  # thermal throttling: twice as long
     fresh = [random_shape(rng) for _ in range(50)]
     assert statistics.median(model.predict_ms(*s) / (2 * true_ms(*s)) for s in fresh) == (
         pytest.approx(1, abs=0.1))
@@ -331,9 +336,7 @@ def test_follows_a_machine_that_slows_down():
 def test_one_huge_outlier_does_not_wreck_the_model():
     model = UpdateCostModel(TRUE)
     rng = np.random.default_rng(2)
-    for _ in range(60):
-        shape = random_shape(rng)
-        model.observe(*shape, true_ms(*shape) * math.exp(rng.normal(0, 0.05)))
+    observe_random(model, rng, 60)
     before = [model.predict_ms(*s) for s in GRID]
     margin = model.margin()
     model.observe(4, 16, 1, true_ms(4, 16, 1) + 50.0)  # a 50 ms GC pause
@@ -364,9 +367,8 @@ def test_margin_is_a_quantile_of_measured_over_predicted():
 def test_state_dict_round_trip_through_json():
     model = UpdateCostModel(UpdateCoefficients(0.2, 0.05, 0.02, 0.01), window=32)
     rng = np.random.default_rng(4)
-    for _ in range(44):  # refits after each of the first 32, then at 40: 4 since the last
-        shape = random_shape(rng)
-        model.observe(*shape, true_ms(*shape) * math.exp(rng.normal(0, 0.1)))
+    # Refits after each of the first 32 observations, then at 40: 4 since the last.
+    observe_random(model, rng, 44, noise=0.1)
     restored = UpdateCostModel(TRUE)
     restored.load_state_dict(json.loads(json.dumps(model.state_dict())))
     assert restored.window == 32 and restored.n_observed == 44
