@@ -125,6 +125,9 @@ def _print_table(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         ("peak RSS", f"{memory['peak_rss_mb']:.1f} MB"),
         ("wall time", f"{report['wall_s']:.1f} s"),
     ]
+    if budget.get("learning_stalled"):
+        lines.append(("learning stalled", budget["scheduler"]["stall_advice"]
+                      .removeprefix("learning stalled: ")))
     echo("")
     for label, value in lines:
         echo(f"{label:<28} {value}")
@@ -137,6 +140,12 @@ def _schedule_summary(stats: dict[str, Any]) -> str:
                      f"{stats['n_dropped_total']} dropped")
     if stats["n_backbone_over_budget"]:
         parts.append(f"backbone alone over budget {stats['n_backbone_over_budget']} times")
+    if stats.get("stolen_share", 0) >= 0.01:
+        parts.append(f"other processes took {stats['stolen_share']:.0%} of update time")
+    threads = stats.get("threads") or {}
+    if threads.get("reduced_fraction"):
+        parts.append(f"{threads['reduced_fraction']:.0%} of updates on 1 of "
+                     f"{threads['threads']} threads")
     return ", ".join(parts)
 
 

@@ -14,7 +14,6 @@ import hashlib
 import math
 import os
 import tempfile
-import time
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,8 +38,9 @@ from edgecl.backbones import (
 )
 from edgecl.errors import BudgetError, CheckpointError, DataError, EdgeclWarning, UsageError
 from edgecl.memory import ReplayBuffer, create_buffer, create_codec
+from edgecl.runtime.contention import ClockMark, ThreadGovernor, UpdateClock, UpdateTime
 from edgecl.runtime.cost import Roofline, UpdateCostModel, count_forward, count_train_step
-from edgecl.runtime.scheduler import UpdateScheduler
+from edgecl.runtime.scheduler import UpdatePlan, UpdateScheduler
 from edgecl.runtime.timing import StageTimer
 from edgecl.strategies import Strategy, UpdateContext, create_strategy
 
@@ -193,6 +193,8 @@ class Learner:
         # profile's); measured update times then correct it to the machine it runs on.
         self.roofline = roofline
         self.scheduler: UpdateScheduler | None = None
+        self._governor: ThreadGovernor | None = None  # with the scheduler
+        self._clock = UpdateClock()  # wall time, and the part other processes took
         self._warned_deferral = False
         if pretrained:
             self._split_and_freeze()
@@ -264,7 +266,7 @@ class Learner:
 
         Input is checked first: bad values raise DataError and leave the learner unchanged.
         """
-        entered = time.perf_counter()  # a streaming update's latency includes the checks
+        entered = self._clock.mark()  # a streaming update's latency includes the checks
         if epochs is not None and (not isinstance(epochs, (int, np.integer))
                                    or isinstance(epochs, bool) or epochs < 1):
             raise UsageError(f"epochs must be an integer >= 1, got {epochs!r}")
@@ -272,21 +274,20 @@ class Learner:
         if not self.is_pretrained:
             self._pretrain(xt, yt)
             self._split_and_freeze()
-            entered = time.perf_counter()  # one-off work is no update's cost
+            entered = self._clock.mark()  # one-off work is no update's cost
         if self.backend != "torch" and self._runner is None:
             self._start_ort(calibration=xt)
-            entered = time.perf_counter()
+            entered = self._clock.mark()
         if epochs == 1:  # streaming: each mini-batch is one update, timed whole
             if self.scheduler is not None:
                 self._learn_scheduled(xt, yt, entered)
             else:
-                started = entered
                 with self.timer.stage("backbone"):
                     latents = self._latents(xt)
                 self._check_latents(latents)
                 self._update(latents, yt, epochs=1, time_steps=False, stream=True)
                 self._finish_device_work()
-                self.timer.record("update", (time.perf_counter() - started) * 1000)
+                self.timer.record("update", self._clock.since(entered).wall_ms)
             return
         with self.timer.stage("backbone"):
             latents = self._latents(xt)
@@ -306,17 +307,18 @@ class Learner:
             return []
         done = []
         for plan in self.scheduler.idle(budget_ms, replay_available=self._replay_available()):
-            started = time.perf_counter()
-            if plan.items:
-                x = torch.stack([x for x, _ in plan.items])
-                y = torch.stack([y for _, y in plan.items])
-                self._update(self._latents(x), y, epochs=plan.n_steps,
-                             replay_per_step=plan.replay_per_step, time_steps=False,
-                             stream=True)
-            else:
-                self._replay_only(plan.replay_per_step, plan.n_steps)
-            self._finish_device_work()
-            self.scheduler.observe(plan, (time.perf_counter() - started) * 1000)
+            mark = self._clock.mark()
+            with self._intra_op_threads():
+                if plan.items:
+                    x = torch.stack([x for x, _ in plan.items])
+                    y = torch.stack([y for _, y in plan.items])
+                    self._update(self._latents(x), y, epochs=plan.n_steps,
+                                 replay_per_step=plan.replay_per_step, time_steps=False,
+                                 stream=True)
+                else:
+                    self._replay_only(plan.replay_per_step, plan.n_steps)
+                self._finish_device_work()
+            self._observe(plan, self._clock.since(mark))
             done.append(plan.reason)
         return done
 
@@ -407,6 +409,7 @@ class Learner:
         state |= with_prefix("timer", self.timer.state_dict())
         if self.scheduler is not None:
             state["scheduler"] = json_tensor(self.scheduler.state_dict())
+            state["threads"] = json_tensor(self._governor.state_dict())
         return {k: v.detach().clone() for k, v in state.items()}
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
@@ -509,6 +512,8 @@ class Learner:
         self.timer.load_state_dict(under_prefix("timer", state))
         if self.scheduler is not None and "scheduler" in state:
             self.scheduler.load_state_dict(tensor_json(state["scheduler"], what="scheduler"))
+        if self.scheduler is not None and "threads" in state:  # absent in older checkpoints
+            self._governor.load_state_dict(tensor_json(state["threads"], what="threads"))
         self._generator.set_state(generator.clone())
         self.n_updates, self.n_steps = n_updates, n_steps
         self._restore_runner(onnx_file if pretrained else None)
@@ -544,7 +549,7 @@ class Learner:
         for p in self.model.parameters():
             p.requires_grad_(True)
         self.model.train()
-        self.frozen = self.head = self._runner = self.scheduler = None
+        self.frozen = self.head = self._runner = self.scheduler = self._governor = None
 
     # -- checks -----------------------------------------------------------------------------
     def _check_inputs(self, x: np.ndarray) -> torch.Tensor:
@@ -631,6 +636,9 @@ class Learner:
         self.strategy.configure(self.head)
         if self.config.update_budget_ms is not None:
             self.scheduler = self._make_scheduler(self.config.update_budget_ms)
+            # Scheduled updates drop to one intra-op thread while other processes compete
+            # for the cores (see edgecl.runtime.contention), from the threads torch has now.
+            self._governor = ThreadGovernor(torch.get_num_threads())
 
     def _make_scheduler(self, budget_ms: float) -> UpdateScheduler:
         """A scheduler whose cost prior is the FLOPs of this backbone and head."""
@@ -669,7 +677,7 @@ class Learner:
     def _replay_available(self) -> int:
         return len(self.buffer) if self.buffer is not None else 0
 
-    def _learn_scheduled(self, x: torch.Tensor, y: torch.Tensor, entered: float) -> None:
+    def _learn_scheduled(self, x: torch.Tensor, y: torch.Tensor, entered: ClockMark) -> None:
         """Streaming updates sized by the scheduler: one per mini-batch of new samples; what
         does not fit the budget now is deferred to ``sleep``. The first update's time counts
         from ``entered`` (when the caller handed the data over: checking it is part of the
@@ -677,21 +685,22 @@ class Learner:
         chunk = self.strategy.step_plan.new_per_step or self.config.batch_size
         for start in range(0, len(x), chunk):
             x_new, y_new = x[start:start + chunk], y[start:start + chunk]
-            started = entered if start == 0 else time.perf_counter()
+            mark = entered if start == 0 else self._clock.mark()
             plan = self.scheduler.plan(len(x_new))
             k = plan.n_new_now
             if k:
-                with self.timer.stage("backbone"):
-                    latents = self._latents(x_new[:k])
-                self._check_latents(latents)
-                self._update(latents, y_new[:k], epochs=plan.n_steps,
-                             replay_per_step=plan.replay_per_step, time_steps=False,
-                             stream=True)
-                self._finish_device_work()
-            elapsed = (time.perf_counter() - started) * 1000
-            self.scheduler.observe(plan, elapsed)
+                with self._intra_op_threads():
+                    with self.timer.stage("backbone"):
+                        latents = self._latents(x_new[:k])
+                    self._check_latents(latents)
+                    self._update(latents, y_new[:k], epochs=plan.n_steps,
+                                 replay_per_step=plan.replay_per_step, time_steps=False,
+                                 stream=True)
+                    self._finish_device_work()
+            took = self._clock.since(mark)
+            self._observe(plan, took)
             if k:
-                self.timer.record("update", elapsed)
+                self.timer.record("update", took.wall_ms)
             if plan.n_deferred:
                 self.scheduler.defer(zip(x_new[k:], y_new[k:], strict=True))
             if plan.n_deferred and not self._warned_deferral:
@@ -700,6 +709,33 @@ class Learner:
                               "samples that do not fit are deferred to idle time (--sleep-ms, "
                               "Learner.sleep) and dropped when its queue is full; the report "
                               "counts both", EdgeclWarning, stacklevel=3)
+
+    @property
+    def thread_governor(self) -> ThreadGovernor | None:
+        """The intra-op thread policy of scheduled updates (None without a scheduler)."""
+        return self._governor
+
+    def _observe(self, plan: UpdatePlan, took: UpdateTime) -> None:
+        """Teach the scheduler a plan's own time and wall time, and the thread governor
+        how much of it other processes took."""
+        self.scheduler.observe(plan, took.own_ms, wall_ms=took.wall_ms)
+        if plan.n_steps or plan.n_new_now:
+            self._governor.observe(took.wall_ms, took.stolen_ms)
+
+    @contextmanager
+    def _intra_op_threads(self) -> Iterator[None]:
+        """Run the block with the governor's thread count (one under contention), then give
+        the caller back the threads it had; switching costs well under a microsecond."""
+        before = torch.get_num_threads()
+        wanted = min(self._governor.threads, before)
+        if wanted == before:
+            yield
+            return
+        torch.set_num_threads(wanted)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def stream_new_share(self, n_new: int = 1) -> float | None:
         """The share of a streaming step's loss that its ``n_new`` new samples get when it

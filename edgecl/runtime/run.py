@@ -207,6 +207,9 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
         yield {"event": "experience", "index": exp.index, "classes": list(exp.classes),
                "accuracy_row": row, "seen_accuracy": float(np.nanmean(row[: exp.index + 1]))}
 
+    stalled = learner.scheduler.stall_advice() if learner.scheduler is not None else None
+    if stalled:
+        notes.append(stalled)
     matrix = progress.matrix
     latency = learner.timer.summary()
     memory = learner.memory_stats()
@@ -258,8 +261,9 @@ def _budget_section(learner: Learner, spec: RunSpec, update_ms: float, memory_mb
     # The scheduler sizes streaming updates only; a run that learned whole experiences
     # used the fixed plan throughout.
     if learner.scheduler is not None and learner.scheduler.n_plans:
-        stats = learner.scheduler.stats()
+        stats = learner.scheduler.stats() | {"threads": learner.thread_governor.stats()}
         section["scheduler"] = stats
+        section["learning_stalled"] = stats["learning_stalled"]
         section["replay_per_update"] = stats["mean_replay_per_step"] * stats["mean_steps"]
         section["new_share"] = learner.stream_new_share(spec.online_batch_size)
     else:

@@ -28,6 +28,17 @@ budget, but at 2 ms latent-replay learned only 37-45 % of the samples on arrival
 learned 40 % of the samples on arrival, and ar1* on digits at 5 ms 7 %, since a 99.9th
 percentile from 64 observations swings with every slow update.
 
+Other processes on the same cores (ROS nodes beside the learner, a camera pipeline) slow
+updates without making them any bigger. So the cost model learns each update's *own* time
+(wall time less the time other processes had the CPU; see
+:mod:`edgecl.runtime.contention`), and contention is measured separately, as recent wall
+time over own time, capped at ``MAX_CONTENTION``. It shrinks replay and steps, never the new
+data: whether the new samples are learned now depends on the own-time prediction alone, so
+that a learner whose smallest update fits the budget on a quiet core keeps learning every
+sample however busy the machine is. (Before, stolen time entered the cost model; beside two
+busy processes its margin grew to 6,030,072 and most samples were deferred or dropped.)
+The margin itself is capped at ``MAX_MARGIN``.
+
 No clock and no randomness inside: time comes in through :meth:`observe`, which is what
 makes the scheduler testable with a fake clock and replayable from a state.
 """
@@ -44,6 +55,16 @@ from edgecl.errors import BudgetError, CheckpointError, UsageError
 from edgecl.runtime.cost import UpdateCostModel
 
 __all__ = ["CATEGORIES", "UpdatePlan", "UpdateScheduler"]
+
+# The most the cost model's error margin and the contention factor may shrink a plan by. On
+# a quiet machine the margin is 1.1-1.5 (tools/bench_budget.py); more means the own-time
+# measurements are themselves disturbed, and planning on them would only starve the learner.
+MAX_MARGIN = 3.0
+MAX_CONTENTION = 4.0
+CONTENTION_WINDOW = 16  # updates over which wall / own time is averaged
+# More than this share of the offered samples not learned (dropped, or still queued) is
+# reported as "learning stalled".
+STALL_FRACTION = 0.01
 
 # Why a plan looks as it does; stats() counts plans by these.
 CATEGORIES = (
@@ -149,12 +170,30 @@ class UpdateScheduler:
         self._sum_steps = 0
         self._n_stepped = 0
         self._starved = 0  # plans in a row that had new data and learned none of it
+        self.n_offered_total = 0  # new samples offered to plan()
+        self.wall_ms_total = 0.0  # observed updates: what the caller waited ...
+        self.own_ms_total = 0.0  # ... and the updates' own work
+        self._recent: deque[tuple[float, float]] = deque(maxlen=CONTENTION_WINDOW)
 
     # -- planning ----------------------------------------------------------------------------
     def planning_budget_ms(self, budget_ms: float | None = None) -> float:
-        """What plans are sized to: ``budget * target_fraction / cost.margin(quantile)``."""
+        """What the own time of a plan is sized to: ``budget * target_fraction / margin``,
+        the cost model's ``quantile`` margin capped at ``MAX_MARGIN``."""
         budget = self.budget_ms if budget_ms is None else budget_ms
-        return budget * self.target_fraction / self.cost.margin(self.quantile)
+        return budget * self.target_fraction / self.margin
+
+    @property
+    def margin(self) -> float:
+        return min(self.cost.margin(self.quantile), MAX_MARGIN)
+
+    @property
+    def contention(self) -> float:
+        """Recent wall time over own time (1: the cores were the learner's), at most
+        ``MAX_CONTENTION``: how much longer than its own work an update now takes."""
+        own = sum(o for _, o in self._recent)
+        if own <= 0:
+            return 1.0
+        return min(max(sum(w for w, _ in self._recent) / own, 1.0), MAX_CONTENTION)
 
     def plan(self, n_new: int, *, replay_available: int | None = None) -> UpdatePlan:
         """Size the update that learns ``n_new`` newly arrived samples.
@@ -168,6 +207,7 @@ class UpdateScheduler:
         plan = self._shape(n_new, self._available(replay_available), self.budget_ms,
                            self.planning_budget_ms())
         self._count(plan)
+        self.n_offered_total += n_new
         if n_new > 0:
             self._starved = self._starved + 1 if plan.n_new_now == 0 else 0
         return plan
@@ -178,10 +218,13 @@ class UpdateScheduler:
 
     def _shape(self, n_new: int, available: int, budget_ms: float, planning_ms: float,
                *, idle: bool = False) -> UpdatePlan:
-        """The plan for ``n_new`` samples under ``planning_ms``, generous to tight."""
+        """The plan for ``n_new`` samples under ``planning_ms``, generous to tight: the new
+        data against ``planning_ms`` itself, replay and steps against it over contention."""
         cap = min(self.max_replay_per_step, available)
         floor = min(self.min_replay_per_step, available)
         predict = self.cost.predict_ms
+        contention = self.contention
+        replay_ms = planning_ms / contention
 
         def make(n_now: int, replay: int, steps: int, category: str, reason: str = "",
                  flagged: bool = False, probe: bool = False) -> UpdatePlan:
@@ -213,11 +256,13 @@ class UpdateScheduler:
             if n_now == 0:
                 return make(0, 0, 0, "nothing fits", why, flagged)
             return make(n_now, floor, 1, "new data subsampled", why, flagged)
-        replay = _largest(floor, cap, lambda r: predict(n_new, r, 1) <= planning_ms)
+        replay = max(floor, _largest(floor, cap, lambda r: predict(n_new, r, 1) <= replay_ms))
         if replay < cap:
+            busy = (f" (other processes slow updates {contention:.2g}x)"
+                    if contention > 1.05 else "")
             return make(n_new, replay, 1, "replay reduced",
-                        f"{replay} of {cap} per step fit {planning_ms:.3g} ms")
-        steps = _largest(1, self.max_steps, lambda s: predict(n_new, cap, s) <= planning_ms)
+                        f"{replay} of {cap} per step fit {replay_ms:.3g} ms{busy}")
+        steps = max(1, _largest(1, self.max_steps, lambda s: predict(n_new, cap, s) <= replay_ms))
         return make(n_new, cap, steps, "fits")
 
     def idle(self, budget_ms: float, *, replay_available: int | None = None,
@@ -260,6 +305,7 @@ class UpdateScheduler:
         """The largest replay-only update within ``planning_ms``; None if none fits."""
         cap = min(self.max_replay_per_step, available)
         predict = self.cost.predict_ms
+        planning_ms /= self.contention
         replay = _largest(1, cap, lambda r: predict(0, r, 1) <= planning_ms)
         if replay < 1:
             return None
@@ -312,22 +358,58 @@ class UpdateScheduler:
         return tuple(self._queue)
 
     # -- feedback ----------------------------------------------------------------------------
-    def observe(self, plan: UpdatePlan, measured_ms: float) -> None:
-        """The measured wall time of an executed plan: teaches the cost model, counts
-        updates over budget."""
+    def observe(self, plan: UpdatePlan, measured_ms: float, *,
+                wall_ms: float | None = None) -> None:
+        """An executed plan's own time (``measured_ms``: wall time less what other processes
+        took) teaches the cost model; its wall time (default: the same) is what the caller
+        waited, counted against the budget, and over own time it measures contention."""
         if plan.n_steps == 0 and plan.n_new_now == 0:
             return  # nothing ran
+        wall = measured_ms if wall_ms is None else wall_ms
+        if not (math.isfinite(wall) and wall >= 0):
+            raise UsageError(f"wall_ms must be a finite time >= 0, got {wall_ms!r}")
         self.cost.observe(plan.n_new_now, plan.replay_per_step, plan.n_steps, measured_ms)
-        if plan.probe and measured_ms <= plan.budget_ms * self.target_fraction:
+        own = min(measured_ms, wall)
+        self._recent.append((wall, own))
+        self.wall_ms_total += wall
+        self.own_ms_total += own
+        if plan.probe and wall <= plan.budget_ms * self.target_fraction:
             self._starved = self.probe_every  # faster than feared: probe again next time
         self.n_observed += 1
-        self.n_over_budget += measured_ms > plan.budget_ms
-        self.n_over_tolerance += measured_ms > 1.2 * plan.budget_ms
+        self.n_over_budget += wall > plan.budget_ms
+        self.n_over_tolerance += wall > 1.2 * plan.budget_ms
+
+    @property
+    def n_not_learned(self) -> int:
+        """Offered samples that were not learned: dropped from the queue, or still in it."""
+        return self.n_dropped_total + self.n_queued
+
+    def stall_advice(self) -> str | None:
+        """None while the learner keeps up; else one line: how much was not learned, why,
+        and what to change."""
+        offered = self.n_offered_total
+        if not offered or self.n_not_learned <= STALL_FRACTION * offered:
+            return None
+        smallest = self.cost.predict_ms(1, 0, 1)  # one sample, no replay, one step
+        needed = max(smallest * self.margin / self.target_fraction, smallest)
+        backbone = self.cost.coefficients.backbone_ms_per_sample
+        why = (f"the smallest update takes about {smallest:.3g} ms of own work here "
+               f"({backbone:.3g} ms of it the backbone), against a {self.budget_ms:g} ms "
+               f"budget")
+        fixes = [f"raise --update-budget-ms to at least {math.ceil(needed * 1.2):g}",
+                 "give the learner idle time (--sleep-ms, Learner.sleep)",
+                 "learn every sample over budget with --schedule fixed"]
+        if backbone > 0.5 * smallest:
+            fixes.insert(1, "use a lighter backbone or --backend ort-int8")
+        return (f"learning stalled: {self.n_not_learned / offered:.1%} of {offered:,} "
+                f"streamed samples not learned; {why}; {', or '.join(fixes)}")
 
     def stats(self) -> dict[str, Any]:
-        """Counts for a report: plans by category, replay and steps chosen, deferrals."""
+        """Counts for a report: plans by category, replay and steps chosen, deferrals,
+        contention, and whether learning stalled."""
         stepped = max(self._n_stepped, 1)
         observed = max(self.n_observed, 1)
+        offered = self.n_offered_total
         return {
             "budget_ms": self.budget_ms,
             "n_plans": self.n_plans,
@@ -342,7 +424,15 @@ class UpdateScheduler:
             "n_observed": self.n_observed,
             "over_budget_fraction": self.n_over_budget / observed,
             "over_tolerance_fraction": self.n_over_tolerance / observed,
-            "margin": self.cost.margin(self.quantile),
+            "margin": self.margin,
+            "contention": self.contention,
+            # Over every observed update: the share of its wall time other processes took.
+            "stolen_share": (1 - self.own_ms_total / self.wall_ms_total
+                             if self.wall_ms_total > 0 else 0.0),
+            "n_offered_total": offered,
+            "not_learned_fraction": self.n_not_learned / offered if offered else 0.0,
+            "learning_stalled": self.stall_advice() is not None,
+            "stall_advice": self.stall_advice(),
         }
 
     # -- state -------------------------------------------------------------------------------
@@ -359,7 +449,11 @@ class UpdateScheduler:
         """
         state: dict[str, Any] = {"version": 1, "cost": self.cost.state_dict(),
                                  "by_category": dict(self.by_category),
-                                 "n_queued": self.n_queued}
+                                 "n_queued": self.n_queued,
+                                 "n_offered_total": self.n_offered_total,
+                                 "wall_ms_total": self.wall_ms_total,
+                                 "own_ms_total": self.own_ms_total,
+                                 "recent": [list(r) for r in self._recent]}
         state.update({name.lstrip("_"): getattr(self, name) for name in self._COUNTERS})
         return state
 
@@ -373,6 +467,18 @@ class UpdateScheduler:
         if not (isinstance(categories, Mapping) and set(categories) == set(CATEGORIES)
                 and all(_count_value(v) for v in categories.values())):
             bad.append("by_category")
+        # Absent from states saved before contention was measured: those start from zero.
+        offered = state.get("n_offered_total", 0)
+        if not _count_value(offered):
+            bad.append("n_offered_total")
+        totals = [state.get("wall_ms_total", 0.0), state.get("own_ms_total", 0.0)]
+        if not all(_time_value(t) for t in totals):
+            bad.append("wall_ms_total")
+        recent = state.get("recent", [])
+        if not (isinstance(recent, list) and len(recent) <= CONTENTION_WINDOW and all(
+                isinstance(r, list) and len(r) == 2 and all(_time_value(v) for v in r)
+                for r in recent)):
+            bad.append("recent")
         if bad:
             raise CheckpointError(f"update scheduler state is invalid: {bad[0]} is missing "
                                   "or not a count")
@@ -380,6 +486,9 @@ class UpdateScheduler:
         for name in self._COUNTERS:
             setattr(self, name, int(state[name.lstrip("_")]))
         self.by_category = {c: int(categories[c]) for c in CATEGORIES}
+        self.n_offered_total = int(offered)
+        self.wall_ms_total, self.own_ms_total = (float(t) for t in totals)
+        self._recent = deque((tuple(map(float, r)) for r in recent), maxlen=CONTENTION_WINDOW)
         self._queue.clear()
         self.n_dropped_total += int(state["n_queued"])
 
@@ -400,3 +509,8 @@ def _largest(lo: int, hi: int, ok: Callable[[int], bool]) -> int:
 
 def _count_value(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _time_value(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= 0)
