@@ -92,13 +92,14 @@ def _from_objects(arr: np.ndarray, name: str) -> np.ndarray:
         if any(not -_INT64_MAX - 1 <= int(v) <= _INT64_MAX for v in items):
             raise DataError(f"{name} has labels too large for int64; renumber them")
         return np.array([int(v) for v in items], dtype=np.int64).reshape(arr.shape)
-    odd = next(v for v, ok in zip(items, ints, strict=True) if not ok and not isinstance(v, str))
-    if isinstance(odd, (bool, np.bool_)):
+    odd = next((v for v, ok in zip(items, ints, strict=True)
+                if not ok and not isinstance(v, str)), None)
+    if odd is None:
+        why = "a mix of integers and strings"
+    elif isinstance(odd, (bool, np.bool_)):
         why = f"booleans ({odd!r})"
     elif isinstance(odd, (float, np.floating)):
         why = f"floats ({odd!r})"
-    elif any(isinstance(v, str) for v in items) and isinstance(odd, (int, np.integer)):
-        why = "a mix of integers and strings"
     else:
         why = f"{type(odd).__name__} values ({str(odd)[:40]!r})"
     raise DataError(f"{name} holds {why}; labels must all be integers or all strings")

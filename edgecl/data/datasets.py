@@ -384,7 +384,7 @@ def load_npz(path: str | Path, *, seed: int = 0, name: str | None = None) -> Dat
                 f"{path}: key 'x_test' has samples of shape {x_test.shape[1:]} but 'x' has "
                 f"{x.shape[1:]}; they must match"
             )
-        if y_test_raw.dtype.kind != y.dtype.kind and len(y_test_raw):
+        if y_test_raw.dtype.kind != classes.dtype.kind and len(y_test_raw):
             kinds = {"i": "integers", "U": "strings"}
             raise DataError(
                 f"{path}: key 'y_test' holds {kinds[y_test_raw.dtype.kind]} but 'y' holds "
