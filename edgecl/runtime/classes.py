@@ -15,10 +15,10 @@ backbone is pretrained start as ``nn.Linear``'s do; rows added after start at ze
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
 
 import numpy as np
 import torch
@@ -100,10 +100,20 @@ class OutputClasses:
         self._learned = np.concatenate([self._learned, np.zeros(len(new), dtype=np.int64)])
         self.planned_state_bytes = planned
 
-    def _resize_classes(self, n: int, init: Any = None) -> None:
+    def _resize_classes(self, n: int, init: Callable[[torch.Tensor], None] | None = None
+                        ) -> None:
         resize_output(list(self.model.children())[-1], n, init)
         if self.is_pretrained:  # else configure() sees the new size when the head is split
             self.strategy.output_resized(self.head)
+
+    def _priced_head(self) -> nn.Sequential:
+        """The head whose FLOPs seed the scheduler's cost model: a head with no class yet is
+        priced with one output row (a loss needs one); the online refit follows growth."""
+        if self.n_classes:
+            return self.head
+        head = copy.deepcopy(self.head)
+        resize_output(head[-1], 1)
+        return head
 
     @contextmanager
     def _undo_growth_on_error(self) -> Iterator[None]:
@@ -177,7 +187,7 @@ def initial_labels(n_classes: int | None, classes: Iterable[object] | None) -> L
     return labels
 
 
-def linear_init(seed: int) -> Any:
+def linear_init(seed: int) -> Callable[[torch.Tensor], None]:
     """nn.Linear's default weight initialisation, drawn on the CPU from ``seed`` (the same
     rows on any device, and the learner's generator does not move)."""
     def init(rows: torch.Tensor) -> None:

@@ -272,9 +272,12 @@ class Learner(OutputClasses):
                       f"unexpected {unexpected[:3]}" if unexpected else
                       f"shape of {wrong[0]} is {tuple(state[wrong[0]].shape)}, "
                       f"expected {tuple(own[wrong[0]].shape)}")
+            hint = ("; a learner without n_classes has an output row per class it knows: "
+                    "pass classes=[...] with the labels of the file's rows"
+                    if not self.labels.fixed else "")
             raise UsageError(f"backbone weights {path} do not fit the {self.backbone.name} "
                              f"backbone for inputs {self.input_shape} and {self.n_classes} "
-                             f"classes: {detail}")
+                             f"classes: {detail}{hint}")
         self.model.load_state_dict(state)
         self._split_and_freeze()
 
@@ -694,10 +697,11 @@ class Learner(OutputClasses):
             # dominates a small head's update. The online fit corrects it either way.
             roofline = dataclasses.replace(roofline, overhead_ms=0.015)
         batch = self.config.batch_size
+        head = self._priced_head()
         cost = UpdateCostModel.from_counts(
             roofline, backbone=count_forward(self.frozen, self.input_shape),
-            head=count_forward(self.head, self.latent_shape),
-            train_flops_per_sample=count_train_step(self.head, self.latent_shape,
+            head=count_forward(head, self.latent_shape),
+            train_flops_per_sample=count_train_step(head, self.latent_shape,
                                                     batch=batch) / batch)
         cap = self.config.max_replay_per_step
         if cap is None or self.buffer is None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgecl import BudgetError, CheckpointError, DataError, Learner, LearnerConfig
+from edgecl import BudgetError, CheckpointError, DataError, Learner, LearnerConfig, UsageError
 
 CONFIG = LearnerConfig(pretrain_epochs=3, epochs=2, replay_samples=20)
 INTS = np.array([7, 107, 207, 307])
@@ -172,3 +172,27 @@ def test_a_scheduled_stream_grows_too():
     assert learner.classes == ["cat", "dog", "owl"]
     stats = learner.scheduler.stats()
     assert stats["n_plans"] == 10 and stats["n_observed"] >= 1
+
+
+@pytest.mark.filterwarnings("ignore:update budget too small")
+def test_a_pretrained_learner_starts_with_no_class_and_grows_one_sample_at_a_time():
+    learner = Learner(strategy="cwr*", input_shape=(16,), pretrained=True, seed=0,
+                      config=dataclasses.replace(CONFIG, update_budget_ms=50.0))
+    assert learner.head[-1].weight.shape == (0, 128)  # the scheduler prices it anyway
+    x, y = blobs([0, 1, 2], 4, seed=0)
+    for xi, yi in zip(x, STRINGS[y], strict=True):
+        learner.learn_one(xi, yi)
+    assert learner.classes == ["cat", "dog", "owl"]
+
+
+def test_backbone_weights_load_into_a_growing_learner_that_names_their_rows(tmp_path):
+    fixed = Learner(strategy="naive", input_shape=(16,), n_classes=3, config=CONFIG)
+    x, y = blobs([0, 1, 2], 10, seed=0)
+    fixed.learn_many(x, y)
+    fixed.save_backbone(tmp_path / "net.pt")
+    with pytest.raises(UsageError, match=r"pass classes=\[\.\.\.\]"):
+        Learner(strategy="naive", input_shape=(16,)).load_backbone(tmp_path / "net.pt")
+    named = Learner(strategy="naive", input_shape=(16,), classes=["cat", "dog", "owl"])
+    named.load_backbone(tmp_path / "net.pt")
+    named.learn_one(x[0], "emu")  # and it still grows
+    assert named.classes == ["cat", "dog", "owl", "emu"]
