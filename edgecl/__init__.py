@@ -18,6 +18,7 @@ from edgecl.errors import (  # noqa: E402
     ProfileError,
     UsageError,
 )
+from edgecl.labels import read_onnx_labels  # noqa: E402
 from edgecl.profiles import list_profiles, load_profile  # noqa: E402
 from edgecl.runtime import Learner, LearnerConfig  # noqa: E402
 from edgecl.runtime.run import RunSpec, iter_run, run  # noqa: E402
@@ -46,6 +47,7 @@ __all__ = [
     "list_strategies",
     "load_dataset",
     "load_profile",
+    "read_onnx_labels",
     "run",
     "split_model",
 ]

@@ -380,6 +380,10 @@ def export_command(out: str, backbone: str | None, from_checkpoint: str | None, 
     click.echo(f"{'fp32 model':<26} {result.fp32_path} ({result.fp32_path.stat().st_size:,} B)")
     click.echo(f"{'parity vs PyTorch':<26} max abs {result.parity.max_abs:.2e}, max rel "
                f"{result.parity.max_rel:.2e} (tolerance {result.parity_tolerance:.1e}): ok")
+    if result.labels is not None:
+        labels = ", ".join(map(str, result.labels))
+        labels = labels if len(labels) <= 60 else labels[:59] + "…"
+        click.echo(f"{'output columns (labels)':<26} {labels} (metadata edgecl.labels)")
     if result.accuracy_fp32 is not None:
         click.echo(f"{'test accuracy, fp32':<26} {result.accuracy_fp32:.4f}")
     if quantize:

@@ -19,7 +19,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,14 +131,15 @@ def _first_line(error: BaseException) -> str:
 
 
 def export_onnx(module: nn.Module, path: str | os.PathLike, *, input_shape: tuple[int, ...],
-                opset: int = 17) -> Path:
+                opset: int = 17, metadata: Mapping[str, str] | None = None) -> Path:
     """Export ``module`` to ONNX at ``path``; return the path.
 
     ``input_shape`` is one sample's shape (no batch dimension); the batch dimension is
     dynamic (named ``batch``). The graph has one input ``input`` and one output ``output``.
     An eval-mode copy is exported, so BatchNorm and BatchRenorm use their running statistics
     and are folded into the Conv or Linear layer before them (see :func:`_fold_batchnorm`);
-    the caller's module keeps its mode and weights.
+    the caller's module keeps its mode and weights. ``metadata`` goes into the model's
+    ``metadata_props`` (e.g. ``edgecl.labels``, the label of each output column).
     """
     path = Path(path)
     shape = _check_input_shape(input_shape)
@@ -165,11 +166,24 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, *, input_shape: tupl
                     dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                     opset_version=opset, do_constant_folding=True, dynamo=False,
                 )
+            if metadata:
+                set_metadata(tmp, metadata)
             onnx.checker.check_model(str(tmp))
         except Exception as error:
             raise UsageError(f"cannot export {type(module).__name__} to ONNX opset {opset}: "
                              f"{_first_line(error)}") from error
     return path
+
+
+def set_metadata(path: str | os.PathLike, metadata: Mapping[str, str]) -> None:
+    """Write ``metadata`` into the ``metadata_props`` of the ONNX file at ``path`` (keys
+    already there are replaced). In place: for files being written, not published ones."""
+    model = onnx.load(str(path))
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in metadata]
+    del model.metadata_props[:]
+    for key, value in [*kept, *metadata.items()]:
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
 
 
 def file_sha256(path: str | os.PathLike) -> str:

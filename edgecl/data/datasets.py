@@ -10,7 +10,8 @@ Built-in names (see :func:`list_datasets`):
 - ``npz:PATH``: a user file with arrays ``x``, ``y`` and optionally ``x_test``, ``y_test``.
 
 Every dataset comes back with float32 inputs and int64 labels remapped to 0..K-1;
-``Dataset.classes[i]`` keeps the user's original label for class ``i``.
+``Dataset.classes[i]`` keeps the user's original label for class ``i`` (an integer or a
+string), which the run hands to the learner, so reports and predictions show it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from edgecl.errors import DataError
+from edgecl.labels import as_labels, show
 
 TEST_FRACTION = 0.25  # share of each class held out when a source has no test split
 MNIST1D_DEFAULT_SAMPLES = 5000  # the size of the published MNIST-1D dataset
@@ -44,7 +46,7 @@ class Dataset:
     y_train: np.ndarray  # int64, (N,), values in 0..n_classes-1
     x_test: np.ndarray  # float32, (M, *input_shape)
     y_test: np.ndarray  # int64, (M,)
-    classes: tuple[int, ...]  # classes[i] is the user's original label for class i
+    classes: tuple[int | str, ...]  # classes[i] is the user's original label for class i
 
     def __post_init__(self) -> None:
         # Cheap structural checks so that a hand-built Dataset fails here, not deep in training.
@@ -100,12 +102,13 @@ def validate_arrays(
     x_name: str = "x",
     y_name: str = "y",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Check user inputs and labels; return ``(x, y)`` as float32 and int64.
+    """Check user inputs and labels; return ``(x, y)`` as float32, and int64 or str.
 
     ``what`` names the source in messages (a file path, ``"learn()"``); ``x_name`` and
     ``y_name`` name the arrays. Inputs (N, H, W) gain a channel axis, (N, 1, H, W); uint8
     inputs are scaled by 1/255 (the usual 8-bit image convention), other numeric inputs are
-    converted as they are. Labels are checked, not remapped.
+    converted as they are. Labels (integers, or strings: numpy ``U`` or UTF-8 ``S``) are
+    checked, not remapped.
     """
     x = np.asarray(x)
     y = np.asarray(y)
@@ -122,20 +125,15 @@ def validate_arrays(
         raise DataError(f"{what}: '{x_name}' is empty (shape {x.shape}); it needs samples")
     if y.ndim != 1:
         raise DataError(
-            f"{what}: '{y_name}' has shape {y.shape}; labels must be 1-D, one integer per sample"
+            f"{what}: '{y_name}' has shape {y.shape}; labels must be 1-D, one label per sample"
         )
-    if y.dtype.kind not in "iu":  # bool is rejected too: two classes should be 0/1 ints
-        raise DataError(
-            f"{what}: '{y_name}' has dtype {y.dtype}; labels must be integers, "
-            f"convert with {y_name}.astype('int64')"
-        )
+    # bool and float are rejected too: two classes should be 0/1 ints, 1.0 is a bug upstream
+    y = as_labels(y, name=f"{what}: '{y_name}'")
     if len(x) != len(y):
         raise DataError(
             f"{what}: '{x_name}' has {len(x)} samples but '{y_name}' has {len(y)} labels; "
             "they must match"
         )
-    if y.dtype.kind == "u" and y.max() > np.iinfo(np.int64).max:
-        raise DataError(f"{what}: '{y_name}' has labels too large for int64; renumber them")
 
     scale = x.dtype == np.uint8
     x = x.astype(np.float32)  # always a copy: never alias (and later mutate) a caller's array
@@ -149,7 +147,7 @@ def validate_arrays(
         )
     if x.ndim == 3:
         x = x[:, None]  # (N, H, W) -> (N, 1, H, W): one channel
-    return x, y.astype(np.int64)
+    return x, y
 
 
 def _stratified_split(
@@ -301,8 +299,9 @@ def _read_key(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray
     except ValueError as exc:
         if "allow_pickle" in str(exc):
             raise DataError(
-                f"{path}: key '{key}' holds Python objects (dtype=object); "
-                "save a numeric array instead"
+                f"{path}: key '{key}' holds Python objects (dtype=object), which only "
+                "pickle can read, and loading a file must not run code; save numbers, or "
+                "string labels as a str array (np.asarray(labels, dtype=str))"
             ) from None
         raise DataError(
             f"{path}: key '{key}' cannot be read ({exc}); save the file again"
@@ -351,10 +350,11 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 def load_npz(path: str | Path, *, seed: int = 0, name: str | None = None) -> Dataset:
     """Load a user dataset saved with ``np.savez(path, x=..., y=...)``.
 
-    Required keys: ``x`` (N, D), (N, H, W) or (N, C, H, W) numbers and ``y`` (N,) integer
-    labels. Optional: ``x_test`` and ``y_test``, both or neither; without them, 25% of every
-    class is held out for testing, chosen by ``seed``. Labels can be any integers (negative
-    too); they are remapped to 0..K-1 in sorted order, and ``classes`` keeps the originals.
+    Required keys: ``x`` (N, D), (N, H, W) or (N, C, H, W) numbers and ``y`` (N,) labels:
+    any integers (negative too) or strings (a ``str`` or UTF-8 ``bytes`` array; an object
+    array would need pickle, and is refused). Optional: ``x_test`` and ``y_test``, both or
+    neither; without them, 25% of every class is held out for testing, chosen by ``seed``.
+    Labels are remapped to 0..K-1 in sorted order, and ``classes`` keeps the originals.
     The file is read with ``allow_pickle=False``, so loading it never runs code.
     """
     path = Path(path)
@@ -368,7 +368,7 @@ def load_npz(path: str | Path, *, seed: int = 0, name: str | None = None) -> Dat
     y = y.reshape(-1).astype(np.int64)  # numpy 2.0 gave inverse the input's shape; be explicit
     if len(classes) < 2:
         raise DataError(
-            f"{path}: key 'y' has a single class ({int(classes[0])}); "
+            f"{path}: key 'y' has a single class ({show(classes[0].item())}); "
             "continual learning needs at least 2 classes"
         )
     if not has_test:
@@ -384,13 +384,19 @@ def load_npz(path: str | Path, *, seed: int = 0, name: str | None = None) -> Dat
                 f"{path}: key 'x_test' has samples of shape {x_test.shape[1:]} but 'x' has "
                 f"{x.shape[1:]}; they must match"
             )
+        if y_test_raw.dtype.kind != classes.dtype.kind and len(y_test_raw):
+            kinds = {"i": "integers", "U": "strings"}
+            raise DataError(
+                f"{path}: key 'y_test' holds {kinds[y_test_raw.dtype.kind]} but 'y' holds "
+                f"{kinds[classes.dtype.kind]}; labels must be of one kind"
+            )
         unknown = np.setdiff1d(y_test_raw, classes)
         if len(unknown):
-            shown = ", ".join(str(int(v)) for v in unknown[:5])
+            shown = ", ".join(show(v.item()) for v in unknown[:5])
             more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
             raise DataError(
                 f"{path}: key 'y_test' has labels not in 'y' ({shown}{more}); "
                 "every test class must appear in training"
             )
         y_test = np.searchsorted(classes, y_test_raw).astype(np.int64)
-    return Dataset(name, x_train, y_train, x_test, y_test, tuple(int(c) for c in classes))
+    return Dataset(name, x_train, y_train, x_test, y_test, tuple(c.item() for c in classes))

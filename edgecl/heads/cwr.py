@@ -22,6 +22,7 @@ from torch import nn
 
 from edgecl._state import tensor_entry
 from edgecl.errors import UsageError
+from edgecl.heads.growth import resized_rows
 
 
 def cwr_star_consolidate(
@@ -77,6 +78,12 @@ class ConsolidatedOutput:
         for j in classes:
             self.past[j] += class_counts[j]
         output.weight.copy_(self.weight)
+
+    def resize(self, n_classes: int) -> None:
+        """Follow the output layer to ``n_classes`` rows: a new class starts with zero
+        weights and no past samples, as every class does before its first batch."""
+        self.weight = resized_rows(self.weight, n_classes)
+        self.past = resized_rows(self.past, n_classes)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"weight": self.weight.clone(), "past": self.past.clone()}

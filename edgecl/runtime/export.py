@@ -8,7 +8,9 @@ hundreds, where torch fp32 itself differs from a float64 reference by ~3e-4.
 
 from __future__ import annotations
 
+import json
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from torch import nn
 from edgecl.backbones.onnx import OrtRunner, Parity, check_parity, export_onnx, quantize_int8
 from edgecl.data import load_dataset
 from edgecl.errors import EdgeclError, UsageError
+from edgecl.labels import ONNX_LABELS_KEY
 from edgecl.runtime.learner import Learner
 
 PARTS = ("frozen", "head", "full")
@@ -37,6 +40,7 @@ class ExportResult:
     accuracy_fp32: float | None = None  # on the test set, through the exported fp32 model
     accuracy_int8: float | None = None  # the same through the int8 model
     int8_relative_error: float | None = None  # mean |int8 - fp32| / mean |fp32| of outputs
+    labels: list[int | str] | None = None  # the class of each output column (head, full)
     notes: list[str] = field(default_factory=list)
 
 
@@ -66,14 +70,17 @@ def export_model(*, out: str | os.PathLike[str], part: str = "frozen",
         raise UsageError(f"dataset {dataset_name} has inputs of shape "
                          f"{tuple(data.x_test.shape[1:])}, the model takes {learner.input_shape}")
 
-    module, shape = _part(learner, part)
+    head, labels = _inference_head(learner, trained_on_stream=from_checkpoint is not None,
+                                   data=data)
+    module, shape = _part(learner, head, part)
     check_x = _check_inputs(learner, data, seed)
     with torch.no_grad():
         samples = check_x if part != "head" else learner._latents(torch.from_numpy(check_x))
         samples = np.asarray(samples, dtype=np.float32)
         reference = module.eval()(torch.from_numpy(samples))
     fp32_path = out if quantize is None else out.with_name(out.stem + "-fp32.onnx")
-    export_onnx(module, fp32_path, input_shape=shape)
+    metadata = {ONNX_LABELS_KEY: json.dumps(labels)} if part != "frozen" else None
+    export_onnx(module, fp32_path, input_shape=shape, metadata=metadata)
     tolerance = PARITY_RTOL * max(1.0, float(reference.abs().max()))
     parity = check_parity(module, fp32_path, samples=samples, atol=tolerance)
     if not parity.ok:
@@ -82,7 +89,8 @@ def export_model(*, out: str | os.PathLike[str], part: str = "frozen",
                           f"{parity.max_abs:.2e} > {tolerance:.2e} (max rel {parity.max_rel:.2e});"
                           " the file was removed")
     result = ExportResult(path=fp32_path, part=part, input_shape=shape, parity=parity,
-                          parity_tolerance=tolerance, fp32_path=fp32_path, notes=notes)
+                          parity_tolerance=tolerance, fp32_path=fp32_path,
+                          labels=labels if part != "frozen" else None, notes=notes)
     if quantize == "int8":
         if data is None:
             raise UsageError("int8 calibration needs samples from the stream: add --dataset")
@@ -93,9 +101,9 @@ def export_model(*, out: str | os.PathLike[str], part: str = "frozen",
         result.int8_relative_error = float(np.abs(q_out - reference.numpy()).mean()
                                            / max(np.abs(reference.numpy()).mean(), 1e-12))
     if data is not None and trained:
-        result.accuracy_fp32 = _accuracy(learner, part, fp32_path, data)
+        result.accuracy_fp32 = _accuracy(learner, head, labels, part, fp32_path, data)
         if quantize == "int8":
-            result.accuracy_int8 = _accuracy(learner, part, out, data)
+            result.accuracy_int8 = _accuracy(learner, head, labels, part, out, data)
     elif quantize == "int8":
         notes.append("the network is untrained (random weights), so no accuracy is reported; "
                      "pass --backbone-weights or --from-checkpoint for the accuracy change")
@@ -137,12 +145,38 @@ def _from_backbone(name: str, weights: str | None, dataset: str | None,
     return learner, dataset, weights is not None
 
 
-def _part(learner: Learner, part: str) -> tuple[nn.Module, tuple[int, ...]]:
+def _inference_head(learner: Learner, *, trained_on_stream: bool, data
+                    ) -> tuple[nn.Sequential, list[int | str]]:
+    """The head to deploy and the label of each of its output columns.
+
+    What a run learned keeps only the rows of classes with a learned sample: a class never
+    learned must not be predicted, so it gets no column. A bare backbone keeps every row
+    (the dataset's labels, else 0..K-1): nothing was learned on a stream to tell them apart.
+    """
+    if not trained_on_stream:
+        k = learner.n_classes
+        fits = data is not None and len(data.classes) == k
+        return learner.head, list(data.classes) if fits else list(range(k))
+    rows = learner.learned_rows
+    if not len(rows):
+        raise UsageError("the checkpoint has learned no class yet: no head to export")
+    children = list(learner.head.named_children())
+    name, output = children[-1]
+    kept = nn.Linear(output.in_features, len(rows), bias=output.bias is not None)
+    with torch.no_grad():
+        kept.weight.copy_(output.weight[rows])
+        if output.bias is not None:
+            kept.bias.copy_(output.bias[rows])
+    head = nn.Sequential(OrderedDict([*children[:-1], (name, kept)]))
+    return head, [learner.classes[r] for r in rows]
+
+
+def _part(learner: Learner, head: nn.Module, part: str) -> tuple[nn.Module, tuple[int, ...]]:
     if part == "frozen":
         return learner.frozen, learner.input_shape
     if part == "head":
-        return learner.head, learner.latent_shape
-    return nn.Sequential(learner.frozen, learner.head), learner.input_shape
+        return head, learner.latent_shape
+    return nn.Sequential(learner.frozen, head), learner.input_shape
 
 
 def _check_inputs(learner: Learner, data, seed: int) -> np.ndarray:
@@ -162,8 +196,10 @@ def _calibration(learner: Learner, data, part: str) -> np.ndarray:
     return x
 
 
-def _accuracy(learner: Learner, part: str, path: Path, data) -> float:
-    """Test accuracy with the exported ``part`` in place of its PyTorch counterpart."""
+def _accuracy(learner: Learner, head: nn.Module, labels: list[int | str], part: str,
+              path: Path, data) -> float:
+    """Test accuracy with the exported ``part`` in place of its PyTorch counterpart, its
+    output columns read as ``labels`` and compared with the dataset's own labels."""
     runner = OrtRunner(path)
     x = data.x_test.astype(np.float32)
     with torch.no_grad():
@@ -171,8 +207,9 @@ def _accuracy(learner: Learner, part: str, path: Path, data) -> float:
             scores = torch.from_numpy(runner(x))
         elif part == "frozen":
             latents = torch.from_numpy(runner(x))
-            learner.head.eval()
-            scores = learner.head(learner._through_codec(latents))
+            head.eval()
+            scores = head(learner._through_codec(latents))
         else:
             scores = torch.from_numpy(runner(learner._latents(torch.from_numpy(x)).numpy()))
-    return float((scores.argmax(1).numpy() == data.y_test).mean())
+    predicted = np.asarray(labels)[scores.argmax(1).numpy()]
+    return float((predicted == np.asarray(data.classes)[data.y_test]).mean())

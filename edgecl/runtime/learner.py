@@ -16,7 +16,7 @@ import os
 import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,7 +37,9 @@ from edgecl.backbones import (
     split_model,
 )
 from edgecl.errors import BudgetError, CheckpointError, DataError, EdgeclWarning, UsageError
+from edgecl.heads.growth import resize_output
 from edgecl.memory import ReplayBuffer, create_buffer, create_codec
+from edgecl.runtime.classes import OutputClasses, initial_labels
 from edgecl.runtime.contention import ClockMark, ThreadGovernor, UpdateClock, UpdateTime
 from edgecl.runtime.cost import Roofline, UpdateCostModel, count_forward, count_train_step
 from edgecl.runtime.scheduler import UpdatePlan, UpdateScheduler
@@ -101,13 +103,19 @@ class LearnerConfig:
             raise UsageError(f"new_share must be in (0, 1), got {self.new_share}")
 
 
-class Learner:
+class Learner(OutputClasses):
     """A frozen backbone, a trainable head, a strategy and (if it replays) a buffer.
 
-    >>> learner = Learner(strategy="ar1*", input_shape=(1, 8, 8), n_classes=10)
+    >>> learner = Learner(strategy="ar1*", input_shape=(1, 8, 8))
     >>> learner.learn_many(x_first, y_first)     # pretrains the backbone, then learns
-    >>> learner.learn_one(x, y)                  # one sample at a time afterwards
-    >>> learner.predict_many(x_test)
+    >>> learner.learn_one(x, "a new class")      # one sample at a time afterwards
+    >>> learner.predict_many(x_test)             # the user's labels
+
+    Labels are the user's own (integers or strings, see :mod:`edgecl.labels`). Without
+    ``n_classes`` the output layer has a row per label seen so far (plus ``classes`` given
+    up front) and grows when a new one arrives; ``n_classes=K`` fixes it at K rows for the
+    labels 0..K-1 (or for ``classes``, a list of K labels) and refuses others. A class with
+    no learned sample yet is never predicted.
     """
 
     def __init__(
@@ -115,7 +123,8 @@ class Learner:
         *,
         strategy: Strategy | str,
         input_shape: tuple[int, ...],
-        n_classes: int,
+        n_classes: int | None = None,
+        classes: Iterable[int | str] | None = None,
         backbone: str | Backbone | None = None,
         latent_layer: str | int | None = None,
         pretrained: bool = False,
@@ -133,22 +142,31 @@ class Learner:
             raise UsageError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
         _check_constructor_arguments(strategy, input_shape, n_classes, seed, device)
         self.input_shape = tuple(int(d) for d in input_shape)
-        self.n_classes = int(n_classes)
+        # The user's label of each output row; n_classes fixes the rows, else they grow.
+        self.labels = initial_labels(n_classes, classes)
+        self._fixed_n_classes = None if n_classes is None else int(n_classes)
+        self._given_classes = None if classes is None else list(self.labels.labels)
+        self._learned = np.zeros(self.n_classes, dtype=np.int64)  # samples learned per row
         self.config = config or LearnerConfig()
         self.device = torch.device(device)
         self.seed = seed
         self.strategy = create_strategy(strategy) if isinstance(strategy, str) else strategy
+        built = backbone is None or isinstance(backbone, str)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            if backbone is None or isinstance(backbone, str):
+            if built:
                 name = backbone or default_backbone_name(self.input_shape)
                 backbone = create_backbone(name, input_shape=self.input_shape,
-                                           n_classes=self.n_classes)
+                                           n_classes=max(1, self.n_classes))
         self.backbone = backbone
         self.model = backbone.model.to(self.device)
         output = list(self.model.children())[-1]
+        if built and self.n_classes == 0:
+            resize_output(output, 0)  # built with one row: torch warns on an empty layer
         if not isinstance(output, nn.Linear) or output.out_features != self.n_classes:
-            raise UsageError(f"the model's last layer must be nn.Linear with {n_classes} outputs")
+            raise UsageError(f"the model's last layer must be nn.Linear with {self.n_classes} "
+                             "outputs, one per class (n_classes, or the classes given; a "
+                             "learner without either starts with none)")
         self.latent_layer = latent_layer if latent_layer is not None else backbone.latent_layer
         self.latent_shape = self._probe_latent_shape()
         self._generator = torch.Generator().manual_seed(seed)
@@ -157,9 +175,8 @@ class Learner:
         self.codec_name = self.config.codec or self.strategy.codec or "fp32"
         # The strategy's own state is planned first; the replay buffer gets what is left of
         # the memory budget (at most its own byte limit).
-        self.planned_state_bytes = self.strategy.planned_state_bytes(
-            split_model(self.model, self.latent_layer).head,
-            latent_dim=math.prod(self.latent_shape), stream_samples=stream_samples)
+        self._stream_samples = stream_samples
+        self.planned_state_bytes = self._plan_state(self.n_classes)
         self.replay_bytes = self._replay_room()
         if self.strategy.uses_replay:
             self.buffer = create_buffer(
@@ -208,9 +225,11 @@ class Learner:
         """Train the whole network end to end on (x, y), then freeze below the latent layer."""
         if self.is_pretrained:
             raise UsageError("the backbone is already pretrained and frozen")
-        xt, yt = self._check_batch(x, y)
+        xt, labels = self._check_batch(x, y)
+        yt = self._rows_for(labels)
         self._pretrain(xt, yt)
         self._split_and_freeze()
+        np.add.at(self._learned, yt.numpy(), 1)
 
     def save_backbone(self, path: str | os.PathLike[str]) -> None:
         """Write the network's weights (a plain tensor state dict) for ``load_backbone``.
@@ -255,22 +274,34 @@ class Learner:
                       f"unexpected {unexpected[:3]}" if unexpected else
                       f"shape of {wrong[0]} is {tuple(state[wrong[0]].shape)}, "
                       f"expected {tuple(own[wrong[0]].shape)}")
+            hint = ("; a learner without n_classes has an output row per class it knows: "
+                    "pass classes=[...] with the labels of the file's rows"
+                    if not self.labels.fixed else "")
             raise UsageError(f"backbone weights {path} do not fit the {self.backbone.name} "
                              f"backbone for inputs {self.input_shape} and {self.n_classes} "
-                             f"classes: {detail}")
+                             f"classes: {detail}{hint}")
         self.model.load_state_dict(state)
         self._split_and_freeze()
 
     def learn_many(self, x: np.ndarray, y: np.ndarray, *, epochs: int | None = None) -> None:
         """Learn a batch of new samples (an experience). The first call pretrains the backbone.
 
-        Input is checked first: bad values raise DataError and leave the learner unchanged.
+        ``y`` holds the user's labels (integers or strings); a label not seen before gets a
+        new output row, unless ``n_classes`` fixed them. Input is checked first: bad values
+        raise DataError (a growth beyond the memory budget BudgetError) and leave the
+        learner unchanged.
         """
         entered = self._clock.mark()  # a streaming update's latency includes the checks
         if epochs is not None and (not isinstance(epochs, (int, np.integer))
                                    or isinstance(epochs, bool) or epochs < 1):
             raise UsageError(f"epochs must be an integer >= 1, got {epochs!r}")
-        xt, yt = self._check_batch(x, y)
+        xt, labels = self._check_batch(x, y)
+        with self._undo_growth_on_error():
+            self._learn_rows(xt, self._rows_for(labels), epochs, entered)
+
+    def _learn_rows(self, xt: torch.Tensor, yt: torch.Tensor, epochs: int | None,
+                    entered: ClockMark) -> None:
+        """learn_many on checked inputs and their output rows."""
         if not self.is_pretrained:
             self._pretrain(xt, yt)
             self._split_and_freeze()
@@ -322,33 +353,51 @@ class Learner:
             done.append(plan.reason)
         return done
 
-    def learn_one(self, x: np.ndarray, y: int) -> None:
+    def learn_one(self, x: np.ndarray, y: int | str) -> None:
         """Learn one sample (one pass, mixed with replay when the strategy replays)."""
         if not self.is_pretrained:
             raise UsageError("learn_one needs a pretrained backbone: call learn_many or "
                              "pretrain on a first batch, or pass pretrained=True")
-        self.learn_many(np.asarray(x)[None], np.asarray([y]), epochs=1)
+        self.learn_many(np.asarray(x)[None], [y], epochs=1)
 
     def predict_many(self, x: np.ndarray) -> np.ndarray:
-        """Class indices (int64) for a batch of inputs."""
+        """The user's labels (an int64 array for integer labels, str for strings) for a
+        batch of inputs; only classes with a learned sample are ever predicted."""
+        return self.labels.decode(self._predict_rows(x))
+
+    def predict_one(self, x: np.ndarray) -> int | str:
+        return self.predict_many(np.asarray(x)[None])[0].item()
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> float:
+        """Accuracy on (x, y); NaN for an empty set (no inputs and no labels).
+
+        A label this learner does not know is an error with a fixed ``n_classes`` (it can
+        never be one of its classes); a growing learner scores it as wrong (a class not
+        learned yet, as in the accuracy matrix's rows for experiences still to come)."""
+        if np.size(x) == 0 and np.size(y) == 0:
+            return float("nan")
+        _, labels = self._check_batch(x, y)
+        rows = self.labels.rows(labels)
+        if self.labels.fixed and (rows < 0).any():
+            raise DataError(self._not_a_class(labels))
+        return float((self._predict_rows(x) == rows).mean())
+
+    def _predict_rows(self, x: np.ndarray) -> np.ndarray:
         if not self.is_pretrained:
             raise UsageError("nothing learned yet: call learn_many first, or pass a pretrained "
                              "backbone with pretrained=True")
         xt = self._check_inputs(x)
+        if not self._learned.any():
+            raise UsageError("no class learned yet: learn at least one labelled sample before "
+                             "predicting")
         if self.backend != "torch" and self._runner is None:
             self._start_ort(calibration=xt)
         with self.timer.stage("predict"):
-            return self._scores(xt).argmax(dim=1).numpy()
-
-    def predict_one(self, x: np.ndarray) -> int:
-        return int(self.predict_many(np.asarray(x)[None])[0])
-
-    def evaluate(self, x: np.ndarray, y: np.ndarray) -> float:
-        """Accuracy on (x, y); NaN for an empty set (no inputs and no labels)."""
-        if np.size(x) == 0 and np.size(y) == 0:
-            return float("nan")
-        _, labels = self._check_batch(x, y)
-        return float((self.predict_many(x) == labels.numpy()).mean())
+            scores = self._scores(xt)
+            if not self._learned.all():
+                # A class without a learned sample has an untrained row: never an answer.
+                scores[:, torch.from_numpy(self._learned == 0)] = -math.inf
+            return scores.argmax(dim=1).numpy()
 
     def memory_stats(self) -> dict[str, object]:
         stats = (self.buffer.stats() if self.buffer is not None else
@@ -379,7 +428,8 @@ class Learner:
         return {
             "backbone": self.backbone.name,
             "input_shape": list(self.input_shape),
-            "n_classes": self.n_classes,
+            "n_classes": self._fixed_n_classes,  # None: it grows
+            **({} if self._given_classes is None else {"classes": self._given_classes}),
             "latent_layer": str(self.latent_layer),
             "strategy": self.strategy.name,
             "strategy_config": repr(self.strategy),
@@ -397,7 +447,9 @@ class Learner:
                     "pretrained": self.is_pretrained,
                     "frozen_sha256": self._frozen_digest() if self.is_pretrained else None,
                     "onnx_file": self._runner.path.name if self._runner is not None else None}
-        state = {"generator": self._generator.get_state(), "counters": json_tensor(counters)}
+        state = {"generator": self._generator.get_state(), "counters": json_tensor(counters),
+                 "labels": json_tensor({**self.labels.to_json(),
+                                        "learned": self._learned.tolist()})}
         if self.is_pretrained:
             state |= with_prefix("frozen", self.frozen.state_dict())
             state |= with_prefix("head", self.head.state_dict())
@@ -471,7 +523,9 @@ class Learner:
             config = LearnerConfig(**meta["config"])
             learner = cls(strategy=str(meta["strategy"]),
                           input_shape=tuple(int(d) for d in meta["input_shape"]),
-                          n_classes=int(meta["n_classes"]), backbone=str(meta["backbone"]),
+                          n_classes=None if meta["n_classes"] is None
+                          else int(meta["n_classes"]), classes=meta.get("classes"),
+                          backbone=str(meta["backbone"]),
                           latent_layer=meta["latent_layer"], config=config,
                           seed=int(meta["seed"]), backend=str(meta["backend"]),
                           onnx_dir=Path(directory) / "backbone", device=device)
@@ -490,6 +544,9 @@ class Learner:
             pretrained, onnx_file = bool(counters["pretrained"]), counters["onnx_file"]
         except (KeyError, TypeError, ValueError):
             raise CheckpointError("learner checkpoint counters are malformed") from None
+        labels, learned = self._restored_labels(state)
+        if len(labels) != self.n_classes:  # regrow (or shrink) the head before its tensors
+            self._resize_classes(len(labels))
         if pretrained:
             if not self.is_pretrained:
                 _load_module(split_model(self.model, self.latent_layer).frozen,
@@ -516,6 +573,8 @@ class Learner:
             self._governor.load_state_dict(tensor_json(state["threads"], what="threads"))
         self._generator.set_state(generator.clone())
         self.n_updates, self.n_steps = n_updates, n_steps
+        self.labels, self._learned = labels, learned
+        self.planned_state_bytes = self._plan_state(len(labels))
         self._restore_runner(onnx_file if pretrained else None)
 
     def _check_onnx_file(self, info: Any) -> None:
@@ -591,16 +650,10 @@ class Learner:
                             f"{MAX_LATENT_MAGNITUDE:.0e}; nothing was learned (check the input "
                             "scaling)")
 
-    def _check_batch(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _check_batch(self, x: np.ndarray, y: object) -> tuple[torch.Tensor, np.ndarray]:
+        """Checked inputs, and labels of this learner's kind (int64 or str), one each."""
         xt = self._check_inputs(x)
-        y = np.asarray(y)
-        if y.dtype.kind not in "iu":
-            raise DataError(f"labels must be integers, got dtype {y.dtype}")
-        if y.shape != (xt.shape[0],):
-            raise DataError(f"labels must have shape ({xt.shape[0]},), got {tuple(y.shape)}")
-        if y.min() < 0 or y.max() >= self.n_classes:
-            raise DataError(f"labels must be in 0..{self.n_classes - 1}, got {y.min()}..{y.max()}")
-        return xt, torch.as_tensor(y, dtype=torch.long)
+        return xt, self.labels.check(y, n=xt.shape[0])
 
     # -- internals --------------------------------------------------------------------------
     def _pretrain(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -652,10 +705,11 @@ class Learner:
             # dominates a small head's update. The online fit corrects it either way.
             roofline = dataclasses.replace(roofline, overhead_ms=0.015)
         batch = self.config.batch_size
+        head = self._priced_head()
         cost = UpdateCostModel.from_counts(
             roofline, backbone=count_forward(self.frozen, self.input_shape),
-            head=count_forward(self.head, self.latent_shape),
-            train_flops_per_sample=count_train_step(self.head, self.latent_shape,
+            head=count_forward(head, self.latent_shape),
+            train_flops_per_sample=count_train_step(head, self.latent_shape,
                                                     batch=batch) / batch)
         cap = self.config.max_replay_per_step
         if cap is None or self.buffer is None:
@@ -708,7 +762,7 @@ class Learner:
                 warnings.warn(f"update budget too small for some updates ({plan.reason}); "
                               "samples that do not fit are deferred to idle time (--sleep-ms, "
                               "Learner.sleep) and dropped when its queue is full; the report "
-                              "counts both", EdgeclWarning, stacklevel=3)
+                              "counts both", EdgeclWarning, stacklevel=4)
 
     @property
     def thread_governor(self) -> ThreadGovernor | None:
@@ -948,6 +1002,8 @@ class Learner:
         self.strategy.after_update(ctx)
         if self.buffer is not None and not plan.store_each_step and store:
             self.buffer.add(latents.cpu(), labels.cpu())
+        if store:  # new samples learned (store=False: idle-time replay, nothing new)
+            np.add.at(self._learned, labels.cpu().numpy(), 1)
         self.head.eval()
         self.n_updates += 1
 
@@ -978,8 +1034,9 @@ def _check_constructor_arguments(strategy: object, input_shape: object, n_classe
             or not all(_is_int(d) and d > 0 for d in input_shape)):
         raise UsageError(f"input_shape must be a non-empty tuple of positive integers (one "
                          f"sample, no batch dimension), got {input_shape!r}")
-    if not _is_int(n_classes) or n_classes < 2:
-        raise UsageError(f"n_classes must be an integer >= 2, got {n_classes!r}")
+    if n_classes is not None and (not _is_int(n_classes) or n_classes < 2):
+        raise UsageError(f"n_classes must be an integer >= 2 (or None: grow as labels "
+                         f"arrive), got {n_classes!r}")
     if not _is_int(seed) or not 0 <= seed < 2**63:
         raise UsageError(f"seed must be an integer in 0..2**63-1, got {seed!r}")
     _check_device(device)

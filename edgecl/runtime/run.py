@@ -155,8 +155,12 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
     providers, provider_warning = resolve_execution_providers(profile)
     if spec.backend != "torch" and provider_warning:
         notes.append(provider_warning)
+    # The learner takes the user's labels; the dataset's order makes its output rows the
+    # dataset's class indices, so learning is the same as on the indices themselves.
+    labels = np.asarray(dataset.classes)
     learner = Learner(strategy=strategy, input_shape=scenario.input_shape,
-                      n_classes=scenario.n_classes, config=config, device=device, seed=spec.seed,
+                      n_classes=scenario.n_classes, classes=dataset.classes, config=config,
+                      device=device, seed=spec.seed,
                       backend=spec.backend,
                       execution_providers=providers,
                       backend_threads=spec.threads or min(profile.device.threads,
@@ -185,26 +189,27 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
             step = scenario.batch_size
             for start in range(progress.offset, len(exp.y), step):
                 x, y = exp.x[start:start + step], exp.y[start:start + step]
-                progress.streaming.update(learner.predict_many(x), y)
+                progress.streaming.update(learner.predict_many(x), labels[y])
                 with _collect_warnings(notes) as new:
-                    learner.learn_many(x, y, epochs=1)
+                    learner.learn_many(x, labels[y], epochs=1)
                 progress.advance(len(y), offset=start + len(y))
                 if checkpoints:
                     checkpoints.maybe_save(learner, progress, notes)
                 yield {"event": "progress", "samples": len(y), "warnings": new}
         else:
             with _collect_warnings(notes) as new:
-                learner.learn_many(exp.x, exp.y)
+                learner.learn_many(exp.x, labels[exp.y])
             progress.advance(len(exp.y), offset=len(exp.y))
             yield {"event": "progress", "samples": len(exp.y), "warnings": new}
         if spec.sleep_ms > 0:
             with _collect_warnings(notes):
                 learner.sleep(spec.sleep_ms)
-        row = [learner.evaluate(e.x_test, e.y_test) for e in experiences]
+        row = [learner.evaluate(e.x_test, labels[e.y_test]) for e in experiences]
         progress.finish_experience(row)
         if checkpoints:
             checkpoints.save(learner, progress, notes)
-        yield {"event": "experience", "index": exp.index, "classes": list(exp.classes),
+        yield {"event": "experience", "index": exp.index,
+               "classes": [dataset.classes[c] for c in exp.classes],
                "accuracy_row": row, "seen_accuracy": float(np.nanmean(row[: exp.index + 1]))}
 
     stalled = learner.scheduler.stall_advice() if learner.scheduler is not None else None
@@ -219,9 +224,10 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
         "profile_details": profile.to_dict(),
         "accuracy_matrix": matrix,
         **metrics.summarize(matrix),
-        "test_accuracy": learner.evaluate(dataset.x_test, dataset.y_test),
+        "test_accuracy": learner.evaluate(dataset.x_test, labels[dataset.y_test]),
         "streaming_accuracy": progress.streaming.value if scenario.online else None,
-        "class_order": list(scenario.class_order),
+        "class_order": [dataset.classes[c] for c in scenario.class_order],  # user labels
+        "labels": learner.classes,  # the user's label of each output row
         "memory": {k: memory[k] for k in ("buffer_bytes", "bytes_per_sample", "n_stored",
                                           "codec", "peak_rss_mb", "strategy_state_bytes")}
                   | {"replay_budget_mb": replay_mb, "replay_samples_cap": spec.replay_samples,

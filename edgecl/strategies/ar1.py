@@ -51,6 +51,9 @@ class AR1Star(Strategy):
         self.consolidated.start_batch(ctx.output, ctx.classes, from_consolidated=True)
         self.si.begin()
 
+    def output_resized(self, head: nn.Sequential) -> None:
+        self.consolidated.resize(head[-1].out_features)  # SI acts on hidden layers only
+
     def penalty(self, head: nn.Sequential):
         return self.si.penalty()
 

@@ -9,6 +9,11 @@ mini-batch of an online stream. Around it the runtime calls::
         step; after_step(head)               # e.g. SI: accumulate the path integral
     after_update(ctx)                        # e.g. CWR*: consolidate; SI: importances
 
+and, outside updates, ``output_resized(head)`` when the output layer got rows for new
+classes (a learner without a fixed ``n_classes``; also when a checkpoint restores another
+size). Strategies with per-class state grow it there: cwr, cwr* and ar1* (consolidated
+weights and class counts) and remind (the width of its mixup targets).
+
 Hooks return values or act on the head they are given; they never reach into the runtime.
 """
 
@@ -95,6 +100,11 @@ class Strategy:
 
     def after_update(self, ctx: UpdateContext) -> None:
         """After the last optimizer step of an update."""
+
+    def output_resized(self, head: nn.Sequential) -> None:
+        """The output layer ``head[-1]`` now has a row per class known (new classes: zero
+        rows at the end, the others unchanged); per-class state must follow. Called after
+        ``configure``, between updates."""
 
     def state_bytes(self) -> int:
         """Bytes of strategy state (importances, old weights, stored data) for the report."""

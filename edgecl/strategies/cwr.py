@@ -27,6 +27,9 @@ class _CWRFamily(Strategy):
                              ) -> list[nn.Parameter]:
         return [head[-1].weight]
 
+    def output_resized(self, head: nn.Sequential) -> None:
+        self.consolidated.resize(head[-1].out_features)
+
     def before_update(self, ctx: UpdateContext) -> None:
         self.consolidated.start_batch(ctx.output, ctx.classes,
                                       from_consolidated=self.load_consolidated)

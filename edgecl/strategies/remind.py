@@ -42,6 +42,9 @@ class Remind(Strategy):
     def configure(self, head: torch.nn.Sequential) -> None:
         self._n_classes = head[-1].out_features
 
+    def output_resized(self, head: torch.nn.Sequential) -> None:
+        self._n_classes = head[-1].out_features  # mixup targets span every class
+
     def augment(self, latents: torch.Tensor, targets: torch.Tensor, *, n_new: int,
                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         n_replay = len(latents) - n_new

@@ -156,6 +156,26 @@ def test_npz_labels_are_remapped_to_0_k_in_sorted_order(tmp_path) -> None:
     assert len(d.y_train) == 30  # given test arrays are used as they are, no split
 
 
+@pytest.mark.parametrize("dtype", ["U", "S"], ids=["str", "utf-8 bytes"])
+def test_npz_string_labels_are_kept_as_strings(tmp_path, dtype: str) -> None:
+    names = np.array(["owl", "cat", "émeu" if dtype == "U" else "emu"])
+    idx = np.resize(np.arange(3), 30)
+    y = names[idx] if dtype == "U" else np.char.encode(names[idx], "utf-8")
+    x = np.stack([idx.astype(np.float32), np.arange(30, dtype=np.float32)], axis=1)
+    d = load_npz(_save(tmp_path, x=x, y=y, x_test=x[:6], y_test=y[:6]))
+    assert d.classes == tuple(sorted(str(n) for n in names))
+    assert all(type(c) is str for c in d.classes)
+    assert d.y_train.dtype == np.int64
+    rebuilt = np.asarray(d.classes)[d.y_train]
+    np.testing.assert_array_equal(rebuilt, names[d.x_train[:, 0].astype(int)])
+
+
+def test_npz_object_labels_are_refused_as_they_need_pickle(tmp_path) -> None:
+    path = _save(tmp_path, x=np.ones((4, 2)), y=np.array(["a", "b", "a", "b"], dtype=object))
+    with pytest.raises(DataError, match=r"key 'y' holds Python objects.*dtype=str"):
+        load_npz(path)
+
+
 def test_npz_through_load_dataset(tmp_path) -> None:
     path = _save(tmp_path, **_valid())
     d = load_dataset(f"npz:{path}", seed=2)

@@ -136,12 +136,13 @@ class StolenClock(UpdateClock):
     the learner would see beside busy processes, without needing them."""
 
     def __init__(self, stolen_ms: float) -> None:
-        super().__init__("none")
+        super().__init__()
         self.stolen = stolen_ms
 
     def since(self, mark):
-        took = super().since(mark)
-        return UpdateTime(wall_ms=took.wall_ms + self.stolen, stolen_ms=self.stolen)
+        took = super().since(mark)  # real contention on this machine is stolen time too
+        return UpdateTime(wall_ms=took.wall_ms + self.stolen,
+                          stolen_ms=took.stolen_ms + self.stolen)
 
 
 def _stream(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -172,9 +173,10 @@ def test_a_learner_beside_busy_processes_keeps_learning_on_one_thread():
     finally:
         torch.set_num_threads(1)
     stats = learner.scheduler.stats()
-    assert stats["by_category"]["fits"] + stats["by_category"]["replay reduced"] == 300
+    assert stats["n_offered_total"] == 300  # every sample learned on arrival
     assert stats["n_deferred_total"] == 0 and not stats["learning_stalled"]
-    assert stats["margin"] < 2.0 and stats["stolen_share"] > 0.5
+    assert stats["stolen_share"] > 0.5
+    assert learner.scheduler.cost.margin(0.99) < 2.5  # the own-time errors, uncapped
     assert seen_threads[0] == 2 and set(seen_threads[16:]) == {1}
     assert learner.thread_governor.stats()["n_reductions"] == 1
     # The wall time, not the own time, is what the report holds against the budget.

@@ -52,6 +52,7 @@ def blobs(classes: list[int], n: int, seed: int) -> tuple[np.ndarray, np.ndarray
 
 STREAM = [Experience(*blobs(c, 40, seed=i), *blobs(c, 20, seed=10 + i))
           for i, c in enumerate([[0, 1], [2, 3]])]
+LABELS = np.array([7, 107, 207, 307])  # the user's own labels for blobs 0..3
 
 
 def make_learner(name: str, *, seed: int = 0) -> Learner:
@@ -63,6 +64,17 @@ def learned(name: str, n_experiences: int = 2, *, seed: int = 0) -> Learner:
     for exp in STREAM[:n_experiences]:
         learner.learn_many(exp.x, exp.y)
     return learner
+
+
+@pytest.fixture(scope="module")
+def backbone_of_every_class(tmp_path_factory) -> str:
+    """A network trained on all four classes: its output rows score every one of them."""
+    teacher = make_learner("naive")
+    teacher.learn_many(np.concatenate([e.x for e in STREAM]),
+                       np.concatenate([e.y for e in STREAM]))
+    path = tmp_path_factory.mktemp("backbone") / "all.pt"
+    teacher.save_backbone(path)
+    return str(path)
 
 
 def accuracy(learner: Learner, exp: Experience) -> float:
@@ -98,6 +110,7 @@ BAD_INPUT: dict[str, Callable[[Learner, Experience], None]] = {
     "label out of range": lambda lr, e: lr.learn_many(e.x, with_label(e.y, 4)),
     "negative label": lambda lr, e: lr.learn_many(e.x, with_label(e.y, -1)),
     "float labels": lambda lr, e: lr.learn_many(e.x, e.y.astype(np.float32)),
+    "string labels for integer classes": lambda lr, e: lr.learn_many(e.x, e.y.astype(str)),
     "one label short": lambda lr, e: lr.learn_many(e.x, e.y[:-1]),
     "empty batch": lambda lr, e: lr.learn_many(e.x[:0], e.y[:0]),
     "learn_one label out of range": lambda lr, e: lr.learn_one(e.x[0], 4),
@@ -192,6 +205,50 @@ class TestStrategyContract:
         onnx_pred = OrtRunner(path)(STREAM[1].x_test).argmax(1)
         if not learner.quantizes_eval:  # the codec is not part of the exported model
             assert np.array_equal(onnx_pred, learner.predict_many(STREAM[1].x_test))
+
+    def test_never_predicts_a_class_it_has_not_learned(self, name: str,
+                                                      backbone_of_every_class: str) -> None:
+        """From a backbone whose output layer knows every class, after learning only the
+        first experience, no prediction is a later class: their accuracy is exactly 0."""
+        learner = make_learner(name)
+        learner.load_backbone(backbone_of_every_class)
+        learner.learn_many(STREAM[0].x, STREAM[0].y)
+        x_all = np.concatenate([e.x_test for e in STREAM])
+        assert set(learner.predict_many(x_all).tolist()) <= {0, 1}
+        assert accuracy(learner, STREAM[1]) == 0.0
+
+    def test_grows_a_row_for_a_label_that_arrives_mid_stream(
+            self, name: str, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+        """Without n_classes, a label first seen one sample at a time gets a new output row:
+        the old rows bit for bit, the strategy's per-class state grown with them, the new
+        class learned, and a checkpoint of the grown learner restored exactly."""
+        learner = Learner(strategy=name, input_shape=(16,), config=CONFIG, seed=0)
+        learner.learn_many(STREAM[0].x, LABELS[STREAM[0].y])
+        assert learner.classes == [7, 107]
+        old_rows = learner.head[-1].weight.detach().clone()
+        at_growth: dict[str, torch.Tensor] = {}
+        resized = learner.strategy.output_resized
+
+        def spy(head: nn.Sequential) -> None:
+            at_growth["rows"] = head[-1].weight.detach().clone()
+            resized(head)
+
+        monkeypatch.setattr(learner.strategy, "output_resized", spy)
+        exp = STREAM[1]
+        for x in exp.x[exp.y == 2]:
+            learner.learn_one(x, 207)
+        assert learner.classes == [7, 107, 207]
+        assert torch.equal(at_growth["rows"][:2], old_rows)
+        assert not at_growth["rows"][2].any()  # a new class starts at zero
+        new = exp.y_test == 2
+        assert learner.evaluate(exp.x_test[new], LABELS[exp.y_test[new]]) >= 0.6
+        learner.save_checkpoint(tmp_path)
+        restored = Learner.from_checkpoint(tmp_path)
+        want, got = learner.state_dict(), restored.state_dict()
+        assert want.keys() == got.keys()
+        for key in want:
+            if not key.startswith("timer."):
+                assert torch.equal(want[key], got[key]), key
 
     def test_streaming_updates_fit_a_budget_and_report_it(self, name: str) -> None:
         learner = Learner(strategy=name, input_shape=(16,), n_classes=4, seed=0,
