@@ -389,8 +389,10 @@ def export_command(out: str, backbone: str | None, from_checkpoint: str | None, 
       edgecl learn --dataset digits --checkpoint run1
       edgecl export --from-checkpoint run1 --part full --quantize int8 --out digits.onnx
     """
+    from edgecl._files import check_writable_file
     from edgecl.runtime.export import export_model
 
+    check_writable_file(out, "--out")  # before building, pretraining or calibrating
     result = export_model(out=out, part=part, backbone=backbone,
                           backbone_weights=backbone_weights, from_checkpoint=from_checkpoint,
                           dataset=dataset, input_shape=_shape(input_shape),

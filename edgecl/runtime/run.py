@@ -186,8 +186,7 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
         notes.extend(w for w in restored.notes if w not in notes)
     else:
         if spec.resume:  # a restart before the first checkpoint: nothing is lost
-            notes.append(f"--resume: no checkpoint in {checkpoints.directory} yet, "
-                         "starting a new run")
+            notes.append(checkpoints.fresh_start_note)
         if spec.backbone_weights is not None:
             learner.load_backbone(spec.backbone_weights)
     experiences = scenario.experiences
@@ -389,6 +388,9 @@ class _Checkpointer:
         self.latest: Path | None = None  # the newest checkpoint, saved or restored
         self._latest_at: tuple[int, int] | None = None  # its (experience, offset)
         self.skipped: list[str] = []
+        # About this start only, so not saved: a later resume must not repeat it.
+        self.fresh_start_note = (f"--resume: no checkpoint in {directory} yet, starting a "
+                                 "new run")
         self._last_updates = 0
         self._last_time = time.monotonic()
 
@@ -429,7 +431,8 @@ class _Checkpointer:
                   "n_resumed": self.n_resumed}
         self.latest = learner.save_checkpoint(
             self.directory, step=self.step,
-            meta={**self._spec_meta, "progress": progress.to_json(), "warnings": list(notes),
+            meta={**self._spec_meta, "progress": progress.to_json(),
+                  "warnings": [n for n in notes if n != self.fresh_start_note],
                   "checkpoints": counts})
         self._latest_at = (progress.experience, progress.offset)
         self.save_ms.append((time.perf_counter() - started) * 1000)

@@ -27,6 +27,13 @@ def _spec(tmp_path, **changes) -> RunSpec:
     return RunSpec(**(base | changes))
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    """The report of the default spec, never stopped (with checkpoints, which change
+    nothing learned)."""
+    return run(_spec(tmp_path_factory.mktemp("reference")))
+
+
 def _stable(report: dict) -> dict:
     out = {k: v for k, v in report.items() if k not in _VOLATILE}
     out["memory"] = {k: v for k, v in report["memory"].items() if k != "peak_rss_mb"}
@@ -96,8 +103,7 @@ def test_budget_schedule_counters_add_up_across_a_resume(tmp_path):
     assert scheduled["n_dropped_total"] >= saved["n_dropped_total"]
 
 
-def test_resume_falls_back_past_a_damaged_checkpoint(tmp_path):
-    reference = run(_spec(tmp_path / "a", checkpoint_dir=None))
+def test_resume_falls_back_past_a_damaged_checkpoint(reference, tmp_path):
     spec = _spec(tmp_path / "b")
     _stop_after(spec, 12)
     newest = list_checkpoints(spec.checkpoint_dir)[-1].path
@@ -123,7 +129,7 @@ def test_a_new_run_does_not_overwrite_old_checkpoints(tmp_path):
 
 
 @pytest.mark.parametrize("state", ["missing", "empty", "lock-and-leftovers"])
-def test_resume_before_the_first_checkpoint_starts_a_new_run(tmp_path, state):
+def test_resume_before_the_first_checkpoint_starts_a_new_run(reference, tmp_path, state):
     """One command line with --resume survives a power cut that struck before the first
     checkpoint: a directory with no checkpoint in it starts afresh, and says so."""
     directory = tmp_path / "ck"
@@ -134,7 +140,6 @@ def test_resume_before_the_first_checkpoint_starts_a_new_run(tmp_path, state):
         leftover = directory / ".tmp-step-000000001-4242-0123abcd"
         leftover.mkdir()
         (leftover / "tensors.pt").write_bytes(b"half")
-    reference = run(_spec(tmp_path / "a"))
     report = run(_spec(tmp_path, resume=True))
     assert any("no checkpoint" in w and "new run" in w for w in report["warnings"])
     assert report["checkpoints"]["resumed_from"] is None
@@ -157,8 +162,7 @@ def test_resume_refuses_to_start_over_when_no_checkpoint_loads(tmp_path):
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == before
 
 
-def test_stop_saves_a_checkpoint_where_it_stopped_and_resume_ends_the_same(tmp_path):
-    reference = run(_spec(tmp_path / "a", checkpoint_dir=None))
+def test_stop_saves_a_checkpoint_where_it_stopped_and_resume_ends_the_same(reference, tmp_path):
     seen = []
 
     def stop() -> bool:  # a stop request after the 7th streaming update
