@@ -7,9 +7,8 @@ Errors print one line on stderr; ``edgecl --debug ...`` shows the traceback inst
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,17 +65,9 @@ def cli(debug: bool) -> None:
 
 
 def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, allow_nan=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from edgecl._files import write_atomically
+
+    write_atomically(path, json.dumps(data, indent=2, allow_nan=True).encode("utf-8"))
 
 
 def _fmt_acc(value: float) -> str:
@@ -245,6 +236,8 @@ def learn_command(profile: str, dataset: str, scenario: str, strategy: str, n_ex
     Example:
       edgecl learn --profile cpu --dataset digits --strategy ar1* --report r.json
     """
+    from edgecl._files import check_writable_file
+    from edgecl._interrupt import stop_on_signals
     from edgecl.runtime.run import RunSpec, iter_run
     from edgecl.strategies import STRATEGIES
 
@@ -283,15 +276,47 @@ def learn_command(profile: str, dataset: str, scenario: str, strategy: str, n_ex
                    save_backbone=save_backbone, checkpoint_dir=checkpoint_dir,
                    checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
                    resume=resume)
-    events = iter_run(spec)
+    if report_path is not None:  # found now, not after minutes of learning
+        check_writable_file(report_path, "--report")
+    with stop_on_signals() as stop:
+        events = iter_run(spec, stop=stop)
+        try:
+            report, rows, stopped = _follow(events, strategy)
+        except KeyboardInterrupt:  # a second signal, or Ctrl-C where no handler could be set
+            events.close()
+            click.echo(f"\naborted at once; {_resume_hint(checkpoint_dir)}", err=True)
+            raise click.exceptions.Exit(stop.abort_exit_code) from None
+    if stopped is not None:
+        where = (f"--resume will continue from {stopped['checkpoint']}" if stopped["checkpoint"]
+                 else "nothing was saved (no --checkpoint)" if checkpoint_dir is None
+                 else "nothing was learned yet, so nothing was saved")
+        click.echo(f"stopped by {stop.name} after {stopped['samples_done']:,} of "
+                   f"{stopped['total_samples']:,} samples; {where}; no report: it is written "
+                   "when the run ends", err=True)
+        raise click.exceptions.Exit(stop.exit_code)
+    _print_table(report, rows)
+    if report_path is not None:
+        try:
+            _write_json_atomically(report_path, report)
+        except OSError as error:
+            raise EdgeclError(f"the run finished but the report could not be written to "
+                              f"{report_path}: {error.strerror or error}") from None
+        click.echo(f"{'report':<28} {report_path}")
+
+
+def _follow(events: Iterator[dict[str, Any]], strategy: str
+            ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any] | None]:
+    """Show a run's progress; its report, its table rows (earlier parts of a resumed run
+    included) and its "stopped" event, if it was stopped."""
     start = next(events)
     for warning in start["warnings"]:
         click.echo(f"warning: {warning}", err=True)
     if start.get("resumed_from"):
         click.echo(f"resumed from {start['resumed_from']} ({start['resumed_at']} samples "
                    "already learned)", err=True)
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = list(start.get("experiences_done", []))
     report: dict[str, Any] = {}
+    stopped = None
     with click.progressbar(length=start["total_samples"], label=f"learning ({strategy})",
                            file=sys.stderr, show_pos=True,
                            hidden=not sys.stderr.isatty()) as bar:
@@ -303,16 +328,22 @@ def learn_command(profile: str, dataset: str, scenario: str, strategy: str, n_ex
                     click.echo(f"\nwarning: {warning}", err=True)
             elif event["event"] == "experience":
                 rows.append(event)
+            elif event["event"] == "stopped":
+                stopped = {**event, "total_samples": start["total_samples"]}
             elif event["event"] == "done":
                 report = event["report"]
-    _print_table(report, rows)
-    if report_path is not None:
-        try:
-            _write_json_atomically(report_path, report)
-        except OSError as error:
-            raise EdgeclError(f"the run finished but the report could not be written to "
-                              f"{report_path}: {error.strerror or error}") from None
-        click.echo(f"{'report':<28} {report_path}")
+    return report, rows, stopped
+
+
+def _resume_hint(checkpoint_dir: str | None) -> str:
+    """Which checkpoint --resume would use now, read from the disk."""
+    if checkpoint_dir is None:
+        return "nothing was saved (no --checkpoint)"
+    from edgecl.runtime.checkpoint import list_checkpoints
+
+    intact = [c.path for c in list_checkpoints(checkpoint_dir) if c.problem is None]
+    return (f"--resume will continue from {intact[-1]}" if intact
+            else "no checkpoint was saved yet")
 
 
 def _shape(value: str | None) -> tuple[int, ...] | None:
@@ -367,8 +398,10 @@ def export_command(out: str, backbone: str | None, from_checkpoint: str | None, 
       edgecl learn --dataset digits --checkpoint run1
       edgecl export --from-checkpoint run1 --part full --quantize int8 --out digits.onnx
     """
+    from edgecl._files import check_writable_file
     from edgecl.runtime.export import export_model
 
+    check_writable_file(out, "--out")  # before building, pretraining or calibrating
     result = export_model(out=out, part=part, backbone=backbone,
                           backbone_weights=backbone_weights, from_checkpoint=from_checkpoint,
                           dataset=dataset, input_shape=_shape(input_shape),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -152,13 +153,21 @@ def test_unknown_strategy_profile_and_malformed_profile(tmp_path):
                            "imagenet")
 
 
-def test_unwritable_report_path_still_prints_results(tmp_path):
-    blocker = tmp_path / "not-a-dir"
-    blocker.write_text("")
+def test_unwritable_report_path_still_prints_results(tmp_path, monkeypatch):
+    # A path that is unwritable from the start is refused before learning
+    # (tests/test_cli_restart.py); this is a disk that fills up during the run.
+    import errno
+
+    import edgecl._files
+
+    def disk_full(path, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(edgecl._files, "write_atomically", disk_full)
     result = CliRunner().invoke(cli, ["learn", "--dataset", "mnist1d:300", "--experiences",
                                       "2", "--strategy", "naive", "--report",
-                                      str(blocker / "r.json")])
-    _assert_one_line_error(result, 1, "report could not be written")
+                                      str(tmp_path / "r.json")])
+    _assert_one_line_error(result, 1, "report could not be written", "No space left")
     assert "final accuracy" in result.stdout
 
 

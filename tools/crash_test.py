@@ -5,9 +5,11 @@
     python tools/crash_test.py --kills 200 --seed 7 --workdir /tmp/ct --keep
 
 An uninterrupted reference run comes first. Then the same run is started with checkpoints
-after every update, killed with SIGKILL, resumed with ``--resume``, killed again, and so on,
-until the requested number of kills has landed; the last start runs to the end. Its JSON
-report must equal the reference's, timing fields aside.
+after every update, killed with SIGKILL, restarted, killed again, and so on, until the
+requested number of kills has landed; the last start runs to the end. Every start is the same
+command line with ``--resume``, as a service manager would restart it, also before the first
+checkpoint exists. Its JSON report must equal the reference's, timing fields aside, and count
+as many checkpoints as the reference's.
 
 Where the kills land:
 - ``write`` kills wait until a checkpoint write begins (a ``.tmp-`` directory appears in
@@ -137,6 +139,7 @@ def _stable(report: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in report.items() if k not in VOLATILE}
     out["memory"] = {k: v for k, v in report["memory"].items() if k not in VOLATILE_MEMORY}
     out["budget.n_updates"] = report["budget"]["n_updates"]
+    out["checkpoints.n_saved"] = report["checkpoints"]["n_saved"]  # over all the starts
     return out
 
 
@@ -173,7 +176,7 @@ def _one_start(args: argparse.Namespace, command: list[str], directory: Path,
     """Start (or resume) the run and kill it once, if kills are left. Returns "killed",
     "done" (it finished by itself), "failed" (it exited non-zero by itself) or "hang"."""
     step_before, leftovers_before = _scan(directory)
-    resume = bool(list_checkpoints(directory))
+    had_checkpoint = bool(list_checkpoints(directory))
     kills_left = args.kills - tally.kills
     mode: str | None = None
     if kills_left > 0:
@@ -188,7 +191,7 @@ def _one_start(args: argparse.Namespace, command: list[str], directory: Path,
     tally.starts += 1
     started = time.monotonic()
     with tempfile.TemporaryFile(mode="w+") as log:
-        proc = subprocess.Popen(command + (["--resume"] if resume else []),
+        proc = subprocess.Popen(command + ["--resume"],
                                 stdout=subprocess.DEVNULL, stderr=log, env=_child_env())
         try:
             killed_at = _watch(args, proc, directory, rng, mode, target, leftovers_before)
@@ -204,8 +207,9 @@ def _one_start(args: argparse.Namespace, command: list[str], directory: Path,
     if killed_at is None:  # the run ended by itself
         if proc.returncode == 0:
             return "done"
-        tally.resume_failures.append(f"start {tally.starts} (resume={resume}) exited "
-                                     f"{proc.returncode}: {_last_line(stderr)}")
+        tally.resume_failures.append(f"start {tally.starts} (a checkpoint existed: "
+                                     f"{had_checkpoint}) exited {proc.returncode}: "
+                                     f"{_last_line(stderr)}")
         return "failed"
     tally.kills += 1
     tally.by_mode[killed_at] = tally.by_mode.get(killed_at, 0) + 1

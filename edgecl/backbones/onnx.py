@@ -5,13 +5,13 @@ TorchScript exporter in eval mode, so BatchNorm after a convolution is folded in
 weights and constants are folded. :class:`OrtRunner` runs such a file in ONNX Runtime with
 the execution providers a device profile asks for, falling back to the CPU.
 
-Every file is written atomically (a temporary file in the target folder, then
-``os.replace``), so a crash never leaves a half-written model where a good one was.
+Every file is written atomically (``edgecl._files.atomic_path``: a temporary file in the
+target folder, fsynced, then ``os.replace``), so a crash never leaves a half-written model
+where a good one was.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import itertools
@@ -19,7 +19,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from edgecl._files import atomic_path as _atomic_path
 from edgecl.backbones.batch_renorm import BatchRenorm
 from edgecl.errors import DataError, EdgeclError, EdgeclWarning, UsageError
 
@@ -109,20 +110,6 @@ def _fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
             setattr(parent, name, fused)
             setattr(parent, norm_name, nn.Identity())
     return model
-
-
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it into place only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _first_line(error: BaseException) -> str:

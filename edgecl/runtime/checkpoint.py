@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 import edgecl
+from edgecl._files import fsync_dir as _fsync_dir
 from edgecl.errors import CheckpointError, EdgeclWarning
 
 FORMAT_VERSION = 1
@@ -334,18 +335,6 @@ def _make_directory(directory: Path) -> None:
     except OSError as error:
         raise CheckpointError(f"cannot create checkpoint directory {directory}: "
                               f"{_one_line(error)}") from None
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the entries of directory ``path`` durable (POSIX; Windows cannot open a
-    directory, and NTFS journals its renames)."""
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager

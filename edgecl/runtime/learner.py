@@ -238,16 +238,10 @@ class Learner(OutputClasses):
         """
         if not self.is_pretrained:
             raise UsageError("nothing to save yet: the backbone is not pretrained")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        try:
+        from edgecl._files import atomic_path
+
+        with atomic_path(path) as tmp:
             torch.save(self.model.state_dict(), tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     def load_backbone(self, path: str | os.PathLike[str]) -> None:
         """Load pretrained weights (from ``save_backbone`` or a ``state_dict`` of the same

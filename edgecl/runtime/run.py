@@ -1,7 +1,8 @@
 """Run a whole scenario through a learner and build the JSON report (DESIGN.md contract).
 
 :func:`iter_run` is a generator that yields one event dict per step (River-style), so the CLI
-can show progress; :func:`run` drains it and returns the report.
+can show progress; :func:`run` drains it and returns the report. A run with checkpoints can
+be stopped at a safe point (``stop``) and resumed; its report then covers the whole run.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 
 from edgecl import metrics
-from edgecl.data import build_scenario, load_dataset
+from edgecl._files import check_writable_directory, check_writable_file
+from edgecl.data import Experience, build_scenario, load_dataset
 from edgecl.errors import CheckpointError, EdgeclWarning, UsageError
 from edgecl.memory import capacity_from_megabytes
 from edgecl.profiles import (
@@ -107,10 +109,17 @@ def _collect_warnings(into: list[str]) -> Iterator[list[str]]:
     into.extend(new)
 
 
-def iter_run(spec: RunSpec) -> Iterator[dict[str, object]]:
+def iter_run(spec: RunSpec, *, stop: Callable[[], bool] | None = None
+             ) -> Iterator[dict[str, object]]:
     """Yield ``{"event": "start" | "progress" | "experience" | "done", ...}`` dicts.
 
-    The "done" event carries the full report under ``"report"``.
+    The "done" event carries the full report under ``"report"``. The "start" event lists,
+    under ``"experiences_done"``, the "experience" events of a resumed run's earlier parts.
+
+    ``stop`` is asked at every safe point (between two online updates, between two
+    experiences; never during an update or a checkpoint write): once it returns True the run
+    saves a checkpoint (with ``checkpoint_dir``, unless the newest one is of this very
+    point) and ends with ``{"event": "stopped", "checkpoint": path or None, ...}``, no report.
     """
     if spec.backend not in BACKENDS:
         raise UsageError(f"unknown backend {spec.backend!r}; available: {', '.join(BACKENDS)}")
@@ -124,13 +133,18 @@ def iter_run(spec: RunSpec) -> Iterator[dict[str, object]]:
     threads = spec.threads or min(profile.device.threads, os.cpu_count() or 1)
     torch.set_num_threads(max(1, threads))
     try:
-        yield from _run_stream(spec, profile, device, notes, started)
+        yield from _run_stream(spec, profile, device, notes, started, stop)
     finally:
         torch.set_num_threads(threads_before)
 
 
 def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
-                started: float) -> Iterator[dict[str, object]]:
+                started: float, stop: Callable[[], bool] | None
+                ) -> Iterator[dict[str, object]]:
+    # Where the results go is checked first: not after minutes of loading and pretraining.
+    checkpoints = _Checkpointer.from_spec(spec)
+    if spec.save_backbone is not None:
+        check_writable_file(spec.save_backbone, "--save-backbone")
     dataset = load_dataset(spec.dataset, seed=spec.seed)
     batch = {"batch_size": spec.online_batch_size} if spec.scenario == "online" else {}
     scenario = build_scenario(spec.scenario, dataset, n_experiences=spec.n_experiences,
@@ -151,7 +165,6 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
                               "max_replay_per_step": spec.max_replay_per_step,
                               "max_steps": spec.max_steps,
                               "new_share": spec.new_share})
-    checkpoints = _Checkpointer.from_spec(spec)
     providers, provider_warning = resolve_execution_providers(profile)
     if spec.backend != "torch" and provider_warning:
         notes.append(provider_warning)
@@ -169,25 +182,38 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
                       stream_samples=sum(len(e.y) for e in scenario.experiences),
                       roofline=Roofline.from_profile(profile))
     learner.timer.stages["update"].budget_ms = update_ms
-    progress = _Progress()
-    if spec.resume:
-        restored = checkpoints.restore(learner)
+    progress = _Progress(started=started)
+    restored = checkpoints.restore(learner) if spec.resume else None
+    if restored is not None:
         progress = restored.progress
+        progress.started = started
         notes.extend(w for w in restored.notes if w not in notes)
-    elif spec.backbone_weights is not None:
-        learner.load_backbone(spec.backbone_weights)
+    else:
+        if spec.resume:  # a restart before the first checkpoint: nothing is lost
+            notes.append(checkpoints.fresh_start_note)
+        if spec.backbone_weights is not None:
+            learner.load_backbone(spec.backbone_weights)
     experiences = scenario.experiences
     total = sum(len(e.y) for e in experiences)
     yield {"event": "start", "total_samples": total, "warnings": list(notes),
            "n_experiences": len(experiences), "resumed_at": progress.samples_done,
-           "resumed_from": checkpoints.restored_from if checkpoints else None}
+           "resumed_from": checkpoints.restored_from if checkpoints else None,
+           "experiences_done": [_experience_event(e, row, dataset.classes) for e, row in
+                                zip(experiences[:len(progress.matrix)], progress.matrix,
+                                    strict=True)]}
 
     for exp in experiences[progress.experience:]:
+        if stop is not None and stop():
+            yield _stopped(checkpoints, learner, progress, notes)
+            return
         # Online streams: the first experience warms the backbone up as a batch; after it,
         # every mini-batch is predicted first (test-then-train) and learned in one pass.
         if scenario.online and learner.is_pretrained:
             step = scenario.batch_size
             for start in range(progress.offset, len(exp.y), step):
+                if stop is not None and stop():
+                    yield _stopped(checkpoints, learner, progress, notes)
+                    return
                 x, y = exp.x[start:start + step], exp.y[start:start + step]
                 progress.streaming.update(learner.predict_many(x), labels[y])
                 with _collect_warnings(notes) as new:
@@ -208,9 +234,7 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
         progress.finish_experience(row)
         if checkpoints:
             checkpoints.save(learner, progress, notes)
-        yield {"event": "experience", "index": exp.index,
-               "classes": [dataset.classes[c] for c in exp.classes],
-               "accuracy_row": row, "seen_accuracy": float(np.nanmean(row[: exp.index + 1]))}
+        yield _experience_event(exp, row, dataset.classes)
 
     stalled = learner.scheduler.stall_advice() if learner.scheduler is not None else None
     if stalled:
@@ -237,13 +261,32 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
                        for stage, v in latency.items()},
         "budget": _budget_section(learner, spec, update_ms, memory_mb),
         "backend_info": learner.backend_info(),
-        "checkpoints": checkpoints.summary() if checkpoints else None,
+        # wall_s_this_part: this process's share of wall_s (a resumed run's last part)
+        "checkpoints": (checkpoints.summary()
+                        | {"wall_s_this_part": time.perf_counter() - started}
+                        if checkpoints else None),
         "warnings": notes,
-        "wall_s": time.perf_counter() - started,
+        "wall_s": progress.wall_s(),  # all the run's parts
     })
     if spec.save_backbone is not None:
         learner.save_backbone(spec.save_backbone)
     yield {"event": "done", "report": report}
+
+
+def _experience_event(exp: Experience, row: list[float], labels: Sequence[object]
+                      ) -> dict[str, object]:
+    """The event of a learned experience; its classes as the user's labels."""
+    return {"event": "experience", "index": exp.index,
+            "classes": [labels[c] for c in exp.classes],
+            "accuracy_row": row, "seen_accuracy": float(np.nanmean(row[: exp.index + 1]))}
+
+
+def _stopped(checkpoints: _Checkpointer | None, learner: Learner, progress: _Progress,
+             notes: list[str]) -> dict[str, object]:
+    """The event that ends a run stopped at a safe point, naming the checkpoint that
+    --resume will continue from (None: nothing was saved)."""
+    path = checkpoints.save_for_stop(learner, progress, notes) if checkpoints else None
+    return {"event": "stopped", "checkpoint": path, "samples_done": progress.samples_done}
 
 
 def _budget_section(learner: Learner, spec: RunSpec, update_ms: float, memory_mb: float
@@ -286,6 +329,13 @@ class _Progress:
     samples_done: int = 0
     matrix: list[list[float]] = field(default_factory=list)
     streaming: metrics.StreamingAccuracy = field(default_factory=metrics.StreamingAccuracy)
+    # Wall time of the run's earlier parts, each up to its last checkpoint (work after that
+    # was lost and done again), and when this part started (time.perf_counter()).
+    wall_s_before: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+    def wall_s(self) -> float:
+        return self.wall_s_before + time.perf_counter() - self.started
 
     def advance(self, n: int, *, offset: int) -> None:
         self.samples_done += n
@@ -301,7 +351,8 @@ class _Progress:
                 "samples_done": self.samples_done,
                 # JSON has no NaN (an empty test set's accuracy): stored as null
                 "matrix": [[None if v != v else v for v in row] for row in self.matrix],
-                "streaming": [self.streaming.correct, self.streaming.total]}
+                "streaming": [self.streaming.correct, self.streaming.total],
+                "wall_s": self.wall_s()}
 
     @classmethod
     def from_json(cls, data: object) -> _Progress:
@@ -309,10 +360,12 @@ class _Progress:
             progress = cls(experience=int(data["experience"]), offset=int(data["offset"]),
                            samples_done=int(data["samples_done"]),
                            matrix=[[float("nan") if v is None else float(v) for v in row]
-                                   for row in data["matrix"]])
+                                   for row in data["matrix"]],
+                           # absent from older checkpoints: their time is not known
+                           wall_s_before=float(data.get("wall_s", 0.0)))
             progress.streaming.correct, progress.streaming.total = (
                 int(v) for v in data["streaming"])
-        except (KeyError, TypeError, ValueError):
+        except (AttributeError, KeyError, TypeError, ValueError):
             raise CheckpointError("checkpoint's stream position is malformed") from None
         return progress
 
@@ -325,7 +378,11 @@ class _Restored:
 
 class _Checkpointer:
     """Saves the learner and the run's position every N updates or S seconds, and at the
-    end of every experience; restores the newest valid checkpoint on --resume."""
+    end of every experience; restores the newest valid checkpoint on --resume.
+
+    Its counts cover the whole run: each checkpoint records how many were saved and how
+    often the run was resumed up to it, and a resume continues from those numbers.
+    """
 
     def __init__(self, directory: Path, *, run_meta: dict[str, object],
                  every_updates: int | None, every_seconds: float | None) -> None:
@@ -334,11 +391,18 @@ class _Checkpointer:
         self.every_updates = every_updates
         self.every_seconds = every_seconds
         self.onnx_dir = directory / "backbone"
-        self.n_saved = 0
+        self.n_saved = 0            # in this part of the run
+        self.n_saved_before = 0     # in the earlier parts (from the restored checkpoint)
+        self.n_resumed = 0
         self.step = 0
         self.save_ms: list[float] = []
         self.restored_from: str | None = None
+        self.latest: Path | None = None  # the newest checkpoint, saved or restored
+        self._latest_at: tuple[int, int] | None = None  # its (experience, offset)
         self.skipped: list[str] = []
+        # About this start only, so not saved: a later resume must not repeat it.
+        self.fresh_start_note = (f"--resume: no checkpoint in {directory} yet, starting a "
+                                 "new run")
         self._last_updates = 0
         self._last_time = time.monotonic()
 
@@ -348,6 +412,7 @@ class _Checkpointer:
             if spec.resume:
                 raise UsageError("--resume needs --checkpoint DIR")
             return None
+        check_writable_directory(spec.checkpoint_dir, "--checkpoint")
         if not spec.resume and list_checkpoints(spec.checkpoint_dir):
             raise UsageError(f"{spec.checkpoint_dir} already holds checkpoints: add --resume "
                              "to continue that run, or choose another directory")
@@ -374,26 +439,63 @@ class _Checkpointer:
         started = time.perf_counter()
         # Steps count checkpoints; a resumed run continues from the one it loaded.
         self.step += 1
-        learner.save_checkpoint(self.directory, step=self.step,
-                                meta={**self._spec_meta, "progress": progress.to_json(),
-                                      "warnings": list(notes)})
+        counts = {"n_saved": self.n_saved_before + self.n_saved + 1,
+                  "n_resumed": self.n_resumed}
+        self.latest = learner.save_checkpoint(
+            self.directory, step=self.step,
+            meta={**self._spec_meta, "progress": progress.to_json(),
+                  "warnings": [n for n in notes if n != self.fresh_start_note],
+                  "checkpoints": counts})
+        self._latest_at = (progress.experience, progress.offset)
         self.save_ms.append((time.perf_counter() - started) * 1000)
         self.n_saved += 1
         self._last_updates = learner.n_updates
         self._last_time = time.monotonic()
 
-    def restore(self, learner: Learner) -> _Restored:
-        checkpoint = learner.load_checkpoint(self.directory, expect=self._spec_meta)
+    def save_for_stop(self, learner: Learner, progress: _Progress, notes: list[str]
+                      ) -> str | None:
+        """Save unless the newest checkpoint is of this very point; the path --resume will
+        use, or None when nothing has been learned or saved."""
+        if self._latest_at != (progress.experience, progress.offset) and (
+                progress.samples_done or self.latest is not None):
+            self.save(learner, progress, notes)
+        return str(self.latest) if self.latest is not None else None
+
+    def restore(self, learner: Learner) -> _Restored | None:
+        """Load the newest valid checkpoint into ``learner``; None when the directory holds
+        no checkpoint at all (a lock file and leftovers of an interrupted write aside), so
+        that a run killed before its first checkpoint restarts with the same command line.
+        Checkpoints that exist but all fail to load stay an error: starting afresh would
+        throw that run away."""
+        if not list_checkpoints(self.directory):
+            return None
+        try:
+            checkpoint = learner.load_checkpoint(self.directory, expect=self._spec_meta)
+        except CheckpointError as error:
+            raise CheckpointError(f"{error} (nothing was changed; to start a new run instead, "
+                                  f"move {self.directory} away or choose another --checkpoint "
+                                  "directory)") from None
         self.restored_from = str(checkpoint.path)
+        self.latest = checkpoint.path
         self.step = checkpoint.step
         self.skipped = list(checkpoint.skipped)
         self._last_updates = learner.n_updates
+        counts = checkpoint.meta.get("checkpoints", {})
+        try:  # absent from older checkpoints: counted from here
+            self.n_saved_before = int(counts.get("n_saved", 0))
+            self.n_resumed = int(counts.get("n_resumed", 0)) + 1
+        except (AttributeError, TypeError, ValueError):
+            raise CheckpointError("checkpoint's counts are malformed") from None
         notes = [str(n) for n in checkpoint.meta.get("warnings", [])]
         notes += [f"checkpoint skipped: {why}" for why in checkpoint.skipped]
-        return _Restored(_Progress.from_json(checkpoint.meta.get("progress")), notes)
+        progress = _Progress.from_json(checkpoint.meta.get("progress"))
+        self._latest_at = (progress.experience, progress.offset)
+        return _Restored(progress, notes)
 
     def summary(self) -> dict[str, object]:
-        return {"directory": str(self.directory), "n_saved": self.n_saved,
+        return {"directory": str(self.directory),
+                "n_saved": self.n_saved_before + self.n_saved,  # all the run's parts
+                "n_saved_this_part": self.n_saved, "n_resumed": self.n_resumed,
                 "save_ms_p50": float(np.median(self.save_ms)) if self.save_ms else None,
                 "resumed_from": self.restored_from, "skipped": self.skipped}
 
