@@ -369,8 +369,7 @@ def export_command(out: str, backbone: str | None, from_checkpoint: str | None, 
     shape = ", ".join(map(str, result.input_shape))
     click.echo(f"{'exported':<26} {result.part} part, input (batch, {shape})")
     click.echo(f"{'fp32 model':<26} {result.fp32_path} ({result.fp32_path.stat().st_size:,} B)")
-    click.echo(f"{'parity vs PyTorch':<26} max abs {result.parity.max_abs:.2e}, max rel "
-               f"{result.parity.max_rel:.2e} (tolerance {result.parity_tolerance:.1e}): ok")
+    click.echo(f"{'parity vs PyTorch':<26} {result.parity.describe()}")
     if result.accuracy_fp32 is not None:
         click.echo(f"{'test accuracy, fp32':<26} {result.accuracy_fp32:.4f}")
     if quantize:
