@@ -446,10 +446,12 @@ def profile_command(profile: str, backbone: str | None, input_shape: str | None,
     report = profile_stages(device_profile, request,
                             progress=None if quiet else lambda m: click.echo(m + " ...",
                                                                              err=True))
-    if as_json:
+    if as_json:  # the warnings are in it
         click.echo(json.dumps(report, indent=2))
         return
     _print_profile(report)
+    for warning in report["warnings"]:  # after the table: they refer to its rows
+        click.echo(f"warning: {warning}", err=True)
 
 
 def _print_profile(report: dict[str, Any]) -> None:

@@ -36,6 +36,10 @@ from edgecl.runtime.cost import (
 )
 from edgecl.runtime.learner import BACKENDS, Learner, LearnerConfig
 
+# A host roofline off its own measurement by more than this factor, either way, does not
+# describe that stage on this machine; its device prediction is then suspect by as much.
+ROOFLINE_MISS_FACTOR = 2.0
+
 
 @dataclass(frozen=True)
 class ProfileRequest:
@@ -109,7 +113,30 @@ def profile_stages(profile: Profile, request: ProfileRequest,
         notes.append(f"{profile.name} runs torch on {profile.device.torch_device}; measured "
                      "figures here are this machine's CPU, the device ones are predicted")
     report["notes"] = notes
+    report["warnings"] = roofline_warnings(report["stages"], profile.name)
     return report
+
+
+def roofline_warnings(stages: list[dict[str, object]], device: str) -> list[str]:
+    """One warning per stage whose ``host_measured_over_predicted`` is beyond
+    ROOFLINE_MISS_FACTOR either way: the same model predicts ``device``, so that prediction
+    is likely off by a similar factor, in the same direction."""
+    out = []
+    for row in stages:
+        ratio = row["host_measured_over_predicted"]
+        if ratio is None or 1 / ROOFLINE_MISS_FACTOR <= ratio <= ROOFLINE_MISS_FACTOR:
+            continue
+        backend = row.get("backend") or row.get("codec")
+        why = (" (the model prices PyTorch's eager layers one by one; ONNX Runtime fuses "
+               "them)" if str(backend).startswith("ort") else "")
+        device_ms = row["predicted_device_ms"]
+        out.append(f"{row['stage']} ({backend}, batch {row['batch']}) took {ratio:.2f}x the "
+                   f"host roofline's prediction here ({row['measured_here_ms']['p50']:.3f} ms "
+                   f"measured, {row['predicted_host_ms']:.3f} ms predicted){why}: the same "
+                   f"model's prediction for {device}"
+                   + (f" ({device_ms:.3f} ms)" if device_ms is not None else "")
+                   + f" is likely too {'low' if ratio > 1 else 'high'} by a similar factor")
+    return out
 
 
 def _warm_learner(profile: Profile, request: ProfileRequest, threads: int,
