@@ -223,3 +223,24 @@ def test_profile_chooses_the_codec_unless_the_run_does(tmp_path):
     # 120 first-experience latents cannot fit 256 centroids: the run degrades and says so.
     assert any("fewer than the 256 centroids" in w for w in remind["warnings"])
     assert "warning: codec pq" in result.stderr
+
+
+def test_rpi_zero2_default_codec_is_not_pq_where_its_codebooks_backfire(tmp_path):
+    """rpi-zero2 asks for pq, but 200 latents in uint8 take a fifth of pq's bytes."""
+    args = ["--profile", "rpi-zero2", "--dataset", "mnist1d:300", "--experiences", "2",
+            "--strategy", "latent-replay"]
+    result, chosen = _learn(tmp_path, *args, name="z.json")
+    memory = chosen["memory"]
+    assert memory["codec"] == "uint8"
+    choice = memory["codec_choice"]
+    assert choice["from"] == "profile rpi-zero2" and choice["preferred"] == "pq"
+    fits = {c["codec"]: c for c in choice["candidates"]}
+    assert fits["pq"]["latents"] == fits["uint8"]["latents"] == 200
+    assert fits["pq"]["bytes"] > fits["uint8"]["bytes"] == memory["buffer_bytes"]
+    assert "warning: replay codec uint8 instead of the profile's pq" in result.stderr
+    _, forced = _learn(tmp_path, *args, "--codec", "pq", name="pq.json")
+    assert forced["memory"]["codec"] == "pq"
+    assert forced["memory"]["codec_choice"] == {"from": "--codec", "codec": "pq"}
+    # Bytes only (no sample cap): pq stores many more latents than uint8, so pq it is.
+    _, unbounded = _learn(tmp_path, *args, "--replay-samples", "0", name="u.json")
+    assert unbounded["memory"]["codec"] == "pq"

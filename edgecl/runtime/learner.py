@@ -39,6 +39,7 @@ from edgecl.backbones import (
 )
 from edgecl.errors import BudgetError, CheckpointError, DataError, EdgeclWarning, UsageError
 from edgecl.memory import ReplayBuffer, create_buffer, create_codec
+from edgecl.memory.codec_choice import CodecChoice, choose_codec
 from edgecl.runtime.cost import Roofline, UpdateCostModel, count_forward, count_train_step
 from edgecl.runtime.scheduler import UpdateScheduler
 from edgecl.runtime.timing import StageTimer
@@ -108,6 +109,10 @@ class Learner:
     >>> learner.learn_many(x_first, y_first)     # pretrains the backbone, then learns
     >>> learner.learn_one(x, y)                  # one sample at a time afterwards
     >>> learner.predict_many(x_test)
+
+    ``codec_candidates`` (least lossy first, e.g. ``codec_candidates("pq")`` from
+    :mod:`edgecl.memory.codec_choice`): when neither the config nor the strategy names a
+    replay codec, use the candidate that fits the replay budget best (``codec_choice``).
     """
 
     def __init__(
@@ -128,6 +133,7 @@ class Learner:
         onnx_dir: str | os.PathLike[str] | None = None,
         stream_samples: int | None = None,
         roofline: Roofline | None = None,
+        codec_candidates: Sequence[str] | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise UsageError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
@@ -161,6 +167,11 @@ class Learner:
             split_model(self.model, self.latent_layer).head,
             latent_dim=math.prod(self.latent_shape), stream_samples=stream_samples)
         self.replay_bytes = self._replay_room()
+        # A default codec (a profile's) becomes the candidate that fits the buffer best; the
+        # choice is written into the config, so a checkpoint rebuilds the same learner.
+        self.codec_choice: CodecChoice | None = None
+        if codec_candidates and not (self.config.codec or self.strategy.codec):
+            self._choose_codec(codec_candidates)
         if self.strategy.uses_replay:
             self.buffer = create_buffer(
                 self.strategy.buffer_kind, max_samples=self.config.replay_samples,
@@ -355,6 +366,17 @@ class Learner:
         stats["strategy_state_bytes"] = self.strategy.state_bytes()
         stats["peak_rss_mb"] = self.timer.peak_rss_bytes / 2**20
         return stats
+
+    def _choose_codec(self, candidates: Sequence[str]) -> None:
+        name = candidates[-1]  # no replay: nothing to size, the preferred one is reported
+        if self.strategy.uses_replay:
+            self.codec_choice = choose_codec(
+                candidates, buffer_kind=self.strategy.buffer_kind,
+                dim=math.prod(self.latent_shape), max_samples=self.config.replay_samples,
+                max_bytes=self.replay_bytes)
+            name = self.codec_choice.codec
+        self.config = dataclasses.replace(self.config, codec=name)
+        self.codec_name = name
 
     def _replay_room(self) -> int | None:
         """Replay bytes: the configured limit, within what the memory budget leaves after the

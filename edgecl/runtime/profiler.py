@@ -26,6 +26,8 @@ import numpy as np
 import torch
 
 from edgecl.errors import EdgeclWarning, UsageError
+from edgecl.memory import capacity_from_megabytes
+from edgecl.memory.codec_choice import codec_candidates
 from edgecl.profiles import Profile, resolve_execution_providers
 from edgecl.runtime.cost import (
     Roofline,
@@ -106,6 +108,8 @@ def profile_stages(profile: Profile, request: ProfileRequest,
         report = _report(profile, request, learner, x, host, device, threads, say,
                          Path(scratch))
     notes += [str(w.message) for w in caught if issubclass(w.category, EdgeclWarning)]
+    if learner.codec_choice is not None and learner.codec_choice.note():
+        notes.append(learner.codec_choice.note())
     providers, provider_note = resolve_execution_providers(profile)
     if provider_note:
         notes.append(provider_note)
@@ -148,10 +152,13 @@ def _warm_learner(profile: Profile, request: ProfileRequest, threads: int,
     n = max(4 * request.batch, 2 * request.n_classes)
     x = rng.normal(size=(n, *request.input_shape)).astype(np.float32)
     y = np.arange(n) % request.n_classes
-    config = LearnerConfig(pretrain_epochs=1, epochs=1,
-                           codec=request.codec or profile.budget.replay_codec)
+    # The replay memory `edgecl learn` would have: the profile's bytes, its default codec
+    # chosen as the run would choose it (edgecl.memory.codec_choice).
+    config = LearnerConfig(pretrain_epochs=1, epochs=1, codec=request.codec,
+                           replay_bytes=capacity_from_megabytes(profile.budget.replay_mb))
     learner = Learner(strategy=request.strategy, input_shape=request.input_shape,
-                      n_classes=request.n_classes, backbone=request.backbone, config=config)
+                      n_classes=request.n_classes, backbone=request.backbone, config=config,
+                      codec_candidates=codec_candidates(profile.budget.replay_codec))
     learner.learn_many(x, y)
     return learner, x
 
@@ -250,7 +257,9 @@ def _report(profile: Profile, request: ProfileRequest, learner: Learner, x: np.n
         "memory": {"peak_rss_mb": memory["peak_rss_mb"], "codec": memory["codec"],
                    "bytes_per_sample": memory["bytes_per_sample"],
                    "replay_bytes_at_profile_budget": _replay_bytes(learner, profile),
-                   "strategy_state_bytes": memory["strategy_state_bytes"]},
+                   "strategy_state_bytes": memory["strategy_state_bytes"],
+                   "codec_choice": (learner.codec_choice.to_dict()
+                                    if learner.codec_choice is not None else None)},
         "threads": threads,
     }
 

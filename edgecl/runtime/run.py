@@ -21,6 +21,7 @@ from edgecl import metrics
 from edgecl.data import build_scenario, load_dataset
 from edgecl.errors import CheckpointError, EdgeclWarning, UsageError
 from edgecl.memory import capacity_from_megabytes
+from edgecl.memory.codec_choice import codec_candidates
 from edgecl.profiles import (
     Profile,
     load_profile,
@@ -144,7 +145,7 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
                               "replay_samples": spec.replay_samples,
                               "replay_bytes": capacity_from_megabytes(replay_mb),
                               "memory_bytes": capacity_from_megabytes(memory_mb),
-                              "codec": spec.codec or strategy.codec or profile.budget.replay_codec,
+                              "codec": spec.codec or strategy.codec,  # else the profile's
                               "quantize_eval": spec.quantize_eval,
                               "update_budget_ms": update_ms if spec.schedule == "budget"
                               else None,
@@ -163,7 +164,10 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
                                                           os.cpu_count() or 1),
                       onnx_dir=checkpoints.onnx_dir if checkpoints else None,
                       stream_samples=sum(len(e.y) for e in scenario.experiences),
-                      roofline=Roofline.from_profile(profile))
+                      roofline=Roofline.from_profile(profile),
+                      codec_candidates=codec_candidates(profile.budget.replay_codec))
+    if learner.codec_choice is not None and learner.codec_choice.note():
+        notes.append(learner.codec_choice.note())
     learner.timer.stages["update"].budget_ms = update_ms
     progress = _Progress()
     if spec.resume:
@@ -223,7 +227,8 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
                                           "codec", "peak_rss_mb", "strategy_state_bytes")}
                   | {"replay_budget_mb": replay_mb, "replay_samples_cap": spec.replay_samples,
                      "replay_bytes_granted": learner.replay_bytes,
-                     "planned_state_bytes": learner.planned_state_bytes},
+                     "planned_state_bytes": learner.planned_state_bytes,
+                     "codec_choice": _codec_source(spec, learner, profile)},
         "latency_ms": {stage: {k: v[k] for k in ("p50", "p95", "max")}
                        for stage, v in latency.items()},
         "budget": _budget_section(learner, spec, update_ms, memory_mb),
@@ -235,6 +240,16 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
     if spec.save_backbone is not None:
         learner.save_backbone(spec.save_backbone)
     yield {"event": "done", "report": report}
+
+
+def _codec_source(spec: RunSpec, learner: Learner, profile: Profile) -> dict[str, object]:
+    """Where the replay codec came from: --codec, the method's own, or the profile's default
+    (with the candidates it was chosen from, edgecl.memory.codec_choice)."""
+    if learner.codec_choice is not None:
+        return {"from": f"profile {profile.name}", **learner.codec_choice.to_dict()}
+    source = ("--codec" if spec.codec else f"strategy {learner.strategy.name}"
+              if learner.strategy.codec else f"profile {profile.name}")
+    return {"from": source, "codec": learner.codec_name}
 
 
 def _budget_section(learner: Learner, spec: RunSpec, update_ms: float, memory_mb: float
