@@ -96,6 +96,8 @@ def _print_table(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         echo(f"{row['index']:>3}  {classes:<12} {_fmt_acc(row['seen_accuracy']):>12} "
              f"{_fmt_acc(final_row[row['index']]):>10}")
     memory, budget, upd = report["memory"], report["budget"], report["latency_ms"]["update"]
+    device = report.get("device_prediction") or {}
+    here = "measured here; " if device.get("other_device") else ""
     lines = [
         ("final accuracy", _fmt_acc(report["final_accuracy"])),
         ("test accuracy (all classes)", _fmt_acc(report["test_accuracy"])),
@@ -107,9 +109,10 @@ def _print_table(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         lines.append(("streaming accuracy", _fmt_acc(report["streaming_accuracy"])))
     lines += [
         ("ms/update p50 / p95 / max", f"{upd['p50']:.2f} / {upd['p95']:.2f} / "
-         f"{upd['max']:.1f}  (budget {budget['update_ms']:g} ms, "
+         f"{upd['max']:.1f}  ({here}budget {budget['update_ms']:g} ms, "
          f"{100 * budget['over_budget_fraction']:.1f}% of {budget['n_updates']} over, "
          f"{100 * budget['far_over_budget_fraction']:.1f}% over by >20%)"),
+        *_device_lines(device),
         ("replay per update", f"{budget['replay_per_update']:.1f} latents"
          + (f" (scheduled: {_schedule_summary(budget['scheduler'])})"
             if "scheduler" in budget else " (fixed plan)")
@@ -122,12 +125,25 @@ def _print_table(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
          f"({memory['bytes_per_sample']:,} B each, {memory['codec']})"),
         ("backbone runs on", f"{report['backend']} "
                              f"({report['backend_info']['execution_provider']})"),
-        ("peak RSS", f"{memory['peak_rss_mb']:.1f} MB"),
+        ("peak RSS", f"{memory['peak_rss_mb']:.1f} MB"
+         + (f" measured here ({report['profile']} has "
+            f"{report['profile_details']['device']['ram_mb']:,} MB of RAM)" if here else "")),
         ("wall time", f"{report['wall_s']:.1f} s"),
     ]
     echo("")
     for label, value in lines:
         echo(f"{label:<28} {value}")
+
+
+def _device_lines(device: dict[str, Any]) -> list[tuple[str, str]]:
+    """The roofline's prediction for the profile's device, beside the figures measured
+    here, when the profile describes another device."""
+    if not device.get("other_device"):
+        return []
+    rates = device["rates"]
+    return [(f"ms/update on {device['profile']}",
+             f"{device['update_ms']:.2f} predicted, not measured (roofline: "
+             f"{rates['gflops']:g} GFLOP/s, {rates['bandwidth_gbs']:g} GB/s)")]
 
 
 def _schedule_summary(stats: dict[str, Any]) -> str:

@@ -656,6 +656,20 @@ class Learner:
 
     def _make_scheduler(self, budget_ms: float) -> UpdateScheduler:
         """A scheduler whose cost prior is the FLOPs of this backbone and head."""
+        cost = self.update_cost_model()
+        cap = self.config.max_replay_per_step
+        if cap is None or self.buffer is None:
+            cap = GROWTH_FACTOR * self.fixed_replay_per_step
+        return UpdateScheduler(budget_ms=budget_ms, cost=cost, max_replay_per_step=cap,
+                               max_steps=self.config.max_steps,
+                               replay_available=self._replay_available)
+
+    def update_cost_model(self) -> UpdateCostModel:
+        """A fresh model of an update's time whose prior prices this backbone's and head's
+        FLOPs and bytes at ``self.roofline`` (the profile's device; default: the cpu
+        profile's). The scheduler starts from it and corrects it with times measured here;
+        as it comes, it is the roofline's prediction for the device. Needs the backbone
+        split (after pretraining)."""
         roofline = self.roofline
         if roofline is None:
             from edgecl.profiles import load_profile
@@ -666,17 +680,11 @@ class Learner:
             # dominates a small head's update. The online fit corrects it either way.
             roofline = dataclasses.replace(roofline, overhead_ms=0.015)
         batch = self.config.batch_size
-        cost = UpdateCostModel.from_counts(
+        return UpdateCostModel.from_counts(
             roofline, backbone=count_forward(self.frozen, self.input_shape),
             head=count_forward(self.head, self.latent_shape),
             train_flops_per_sample=count_train_step(self.head, self.latent_shape,
                                                     batch=batch) / batch)
-        cap = self.config.max_replay_per_step
-        if cap is None or self.buffer is None:
-            cap = GROWTH_FACTOR * self.fixed_replay_per_step
-        return UpdateScheduler(budget_ms=budget_ms, cost=cost, max_replay_per_step=cap,
-                               max_steps=self.config.max_steps,
-                               replay_available=self._replay_available)
 
     @property
     def fixed_replay_per_step(self) -> int:

@@ -30,6 +30,7 @@ from edgecl.profiles import (
 )
 from edgecl.runtime.checkpoint import list_checkpoints
 from edgecl.runtime.cost import Roofline
+from edgecl.runtime.figures import device_prediction, experience_warnings
 from edgecl.runtime.learner import BACKENDS, Learner, LearnerConfig
 from edgecl.strategies import create_strategy
 
@@ -111,6 +112,8 @@ def _collect_warnings(into: list[str]) -> Iterator[list[str]]:
 def iter_run(spec: RunSpec) -> Iterator[dict[str, object]]:
     """Yield ``{"event": "start" | "progress" | "experience" | "done", ...}`` dicts.
 
+    A "progress" event carries the samples learned since the last one and the warnings
+    raised meanwhile (after an experience, one may carry warnings only, with 0 samples).
     The "done" event carries the full report under ``"report"``.
     """
     if spec.backend not in BACKENDS:
@@ -206,8 +209,12 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
                 learner.sleep(spec.sleep_ms)
         row = [learner.evaluate(e.x_test, e.y_test) for e in experiences]
         progress.finish_experience(row)
+        found = experience_warnings(learner, profile, experiences, exp.index, row, notes)
+        notes.extend(found)
         if checkpoints:
             checkpoints.save(learner, progress, notes)
+        if found:
+            yield {"event": "progress", "samples": 0, "warnings": found}
         yield {"event": "experience", "index": exp.index, "classes": list(exp.classes),
                "accuracy_row": row, "seen_accuracy": float(np.nanmean(row[: exp.index + 1]))}
 
@@ -232,6 +239,8 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
         "latency_ms": {stage: {k: v[k] for k in ("p50", "p95", "max")}
                        for stage, v in latency.items()},
         "budget": _budget_section(learner, spec, update_ms, memory_mb),
+        "device_prediction": device_prediction(
+            learner, profile, online_batch=spec.online_batch_size if scenario.online else None),
         "backend_info": learner.backend_info(),
         "checkpoints": checkpoints.summary() if checkpoints else None,
         "warnings": notes,
