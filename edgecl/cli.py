@@ -128,7 +128,7 @@ def _print_table(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         ("peak RSS", f"{memory['peak_rss_mb']:.1f} MB"
          + (f" measured here ({report['profile']} has "
             f"{report['profile_details']['device']['ram_mb']:,} MB of RAM)" if here else "")),
-        ("wall time", f"{report['wall_s']:.1f} s"),
+        ("wall time", f"{report['wall_s']:.1f} s" + (" measured here" if here else "")),
     ]
     echo("")
     for label, value in lines:

@@ -290,4 +290,5 @@ def _replay_bytes(learner: Learner, profile: Profile) -> dict[str, int] | None:
 
 def _roofline_dict(roofline: Roofline) -> dict[str, object]:
     return {"gflops": roofline.gflops, "grouped_gflops": roofline.grouped_gflops,
-            "bandwidth_gbs": roofline.bandwidth_gbs, "overhead_ms": roofline.overhead_ms}
+            "bandwidth_gbs": roofline.bandwidth_gbs, "pool_gbs": roofline.pool_gbs,
+            "overhead_ms": roofline.overhead_ms}
