@@ -180,7 +180,8 @@ def _schedule_summary(stats: dict[str, Any]) -> str:
               help="Replay buffer capacity in latents, within --replay-mb; 0 for bytes only.")
 @click.option("--codec", default=None, type=click.Choice(list_codecs()),
               help="How replayed latents are stored [default: the strategy's own codec "
-                   "(remind: pq), else the profile's replay_codec].")
+                   "(remind: pq), else the profile's replay_codec or a less lossy one, "
+                   "whichever stores the planned latents in the fewest bytes].")
 @click.option("--quantize-eval/--no-quantize-eval", default=None,
               help="Pass test latents through the replay codec, so the head sees them as it "
                    "sees replayed ones [default: on for remind and for the coarse codecs pq "
