@@ -38,8 +38,8 @@ _RAM_MARK = "MB of RAM"                       # in the RSS warning, so it is giv
 _NOTHING_MARK = "learned next to nothing on"  # in the learned-nothing warning, likewise
 
 _GENERIC_HINT = ("the new classes may not be separable in the frozen backbone's features, "
-                 "pretrained on the first experience only; try a backbone pretrained on "
-                 "broad data (--backbone-weights) or --strategy 'ar1*'")
+                 "pretrained on the first experience only; a backbone pretrained on broad "
+                 "data (--backbone-weights) may separate them")
 
 
 def is_other_device(profile: Profile) -> bool:
