@@ -87,6 +87,8 @@ def _print_table(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         echo(f"{row['index']:>3}  {classes:<12} {_fmt_acc(row['seen_accuracy']):>12} "
              f"{_fmt_acc(final_row[row['index']]):>10}")
     memory, budget, upd = report["memory"], report["budget"], report["latency_ms"]["update"]
+    device = report.get("device_prediction") or {}
+    here = "measured here; " if device.get("other_device") else ""
     lines = [
         ("final accuracy", _fmt_acc(report["final_accuracy"])),
         ("test accuracy (all classes)", _fmt_acc(report["test_accuracy"])),
@@ -98,9 +100,10 @@ def _print_table(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         lines.append(("streaming accuracy", _fmt_acc(report["streaming_accuracy"])))
     lines += [
         ("ms/update p50 / p95 / max", f"{upd['p50']:.2f} / {upd['p95']:.2f} / "
-         f"{upd['max']:.1f}  (budget {budget['update_ms']:g} ms, "
+         f"{upd['max']:.1f}  ({here}budget {budget['update_ms']:g} ms, "
          f"{100 * budget['over_budget_fraction']:.1f}% of {budget['n_updates']} over, "
          f"{100 * budget['far_over_budget_fraction']:.1f}% over by >20%)"),
+        *_device_lines(device),
         ("replay per update", f"{budget['replay_per_update']:.1f} latents"
          + (f" (scheduled: {_schedule_summary(budget['scheduler'])})"
             if "scheduler" in budget else " (fixed plan)")
@@ -113,8 +116,10 @@ def _print_table(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
          f"({memory['bytes_per_sample']:,} B each, {memory['codec']})"),
         ("backbone runs on", f"{report['backend']} "
                              f"({report['backend_info']['execution_provider']})"),
-        ("peak RSS", f"{memory['peak_rss_mb']:.1f} MB"),
-        ("wall time", f"{report['wall_s']:.1f} s"),
+        ("peak RSS", f"{memory['peak_rss_mb']:.1f} MB"
+         + (f" measured here ({report['profile']} has "
+            f"{report['profile_details']['device']['ram_mb']:,} MB of RAM)" if here else "")),
+        ("wall time", f"{report['wall_s']:.1f} s" + (" measured here" if here else "")),
     ]
     if budget.get("learning_stalled"):
         lines.append(("learning stalled", budget["scheduler"]["stall_advice"]
@@ -122,6 +127,17 @@ def _print_table(report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     echo("")
     for label, value in lines:
         echo(f"{label:<28} {value}")
+
+
+def _device_lines(device: dict[str, Any]) -> list[tuple[str, str]]:
+    """The roofline's prediction for the profile's device, beside the figures measured
+    here, when the profile describes another device."""
+    if not device.get("other_device"):
+        return []
+    rates = device["rates"]
+    return [(f"ms/update on {device['profile']}",
+             f"{device['update_ms']:.2f} predicted, not measured (roofline: "
+             f"{rates['gflops']:g} GFLOP/s, {rates['bandwidth_gbs']:g} GB/s)")]
 
 
 def _schedule_summary(stats: dict[str, Any]) -> str:
@@ -164,7 +180,8 @@ def _schedule_summary(stats: dict[str, Any]) -> str:
               help="Replay buffer capacity in latents, within --replay-mb; 0 for bytes only.")
 @click.option("--codec", default=None, type=click.Choice(list_codecs()),
               help="How replayed latents are stored [default: the strategy's own codec "
-                   "(remind: pq), else the profile's replay_codec].")
+                   "(remind: pq), else the profile's replay_codec or a less lossy one, "
+                   "whichever stores the planned latents in the fewest bytes].")
 @click.option("--quantize-eval/--no-quantize-eval", default=None,
               help="Pass test latents through the replay codec, so the head sees them as it "
                    "sees replayed ones [default: on for remind and for the coarse codecs pq "
@@ -411,8 +428,7 @@ def export_command(out: str, backbone: str | None, from_checkpoint: str | None, 
     shape = ", ".join(map(str, result.input_shape))
     click.echo(f"{'exported':<26} {result.part} part, input (batch, {shape})")
     click.echo(f"{'fp32 model':<26} {result.fp32_path} ({result.fp32_path.stat().st_size:,} B)")
-    click.echo(f"{'parity vs PyTorch':<26} max abs {result.parity.max_abs:.2e}, max rel "
-               f"{result.parity.max_rel:.2e} (tolerance {result.parity_tolerance:.1e}): ok")
+    click.echo(f"{'parity vs PyTorch':<26} {result.parity.describe()}")
     if result.labels is not None:
         labels = ", ".join(map(str, result.labels))
         labels = labels if len(labels) <= 60 else labels[:59] + "…"
@@ -493,10 +509,12 @@ def profile_command(profile: str, backbone: str | None, input_shape: str | None,
     report = profile_stages(device_profile, request,
                             progress=None if quiet else lambda m: click.echo(m + " ...",
                                                                              err=True))
-    if as_json:
+    if as_json:  # the warnings are in it
         click.echo(json.dumps(report, indent=2))
         return
     _print_profile(report)
+    for warning in report["warnings"]:  # after the table: they refer to its rows
+        click.echo(f"warning: {warning}", err=True)
 
 
 def _print_profile(report: dict[str, Any]) -> None:

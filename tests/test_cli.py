@@ -51,6 +51,8 @@ def test_ar1star_learns_digits_and_naive_forgets(tmp_path):
     assert naive["final_accuracy"] < 0.5          # it forgets ...
     assert naive["forgetting"] > 0.5              # ... and the report shows it
     assert ar1["forgetting"] < naive["forgetting"]
+    for report in (ar1, naive):  # both learn each new experience (naive then forgets it)
+        assert not any("learned next to nothing" in w for w in report["warnings"])
     matrix = np.asarray(ar1["accuracy_matrix"])
     assert matrix.shape == (5, 5)
     assert ar1["final_accuracy"] == pytest.approx(matrix[-1].mean())
@@ -232,3 +234,62 @@ def test_profile_chooses_the_codec_unless_the_run_does(tmp_path):
     # 120 first-experience latents cannot fit 256 centroids: the run degrades and says so.
     assert any("fewer than the 256 centroids" in w for w in remind["warnings"])
     assert "warning: codec pq" in result.stderr
+
+
+def test_rpi_zero2_default_codec_is_not_pq_where_its_codebooks_backfire(tmp_path):
+    """rpi-zero2 asks for pq, but 200 latents in uint8 take a fifth of pq's bytes."""
+    args = ["--profile", "rpi-zero2", "--dataset", "mnist1d:300", "--experiences", "2",
+            "--strategy", "latent-replay"]
+    result, chosen = _learn(tmp_path, *args, name="z.json")
+    memory = chosen["memory"]
+    assert memory["codec"] == "uint8"
+    choice = memory["codec_choice"]
+    assert choice["from"] == "profile rpi-zero2" and choice["preferred"] == "pq"
+    fits = {c["codec"]: c for c in choice["candidates"]}
+    assert fits["pq"]["latents"] == fits["uint8"]["latents"] == 200
+    assert fits["pq"]["bytes"] > fits["uint8"]["bytes"] == memory["buffer_bytes"]
+    assert "warning: replay codec uint8 instead of the profile's pq" in result.stderr
+    _, forced = _learn(tmp_path, *args, "--codec", "pq", name="pq.json")
+    assert forced["memory"]["codec"] == "pq"
+    assert forced["memory"]["codec_choice"] == {"from": "--codec", "codec": "pq"}
+    # Bytes only (no sample cap): pq stores many more latents than uint8, so pq it is.
+    _, unbounded = _learn(tmp_path, *args, "--replay-samples", "0", name="u.json")
+    assert unbounded["memory"]["codec"] == "pq"
+
+
+def test_figures_of_another_device_say_where_they_were_measured(tmp_path):
+    """A board profile: latency measured here beside the roofline's prediction for the
+    board, and peak RSS checked against the board's RAM."""
+    board = (Path(__file__).parents[1] / "edgecl/firmware_profiles/rpi-zero2.toml").read_text()
+    board = board.replace('name = "rpi-zero2"', 'name = "tiny-board"')
+    board = board.replace("ram_mb = 512 ", "ram_mb = 160 ")  # any Python + torch is over half
+    (tmp_path / "tiny-board.toml").write_text(board)
+    args = ["--dataset", "mnist1d:300", "--experiences", "2", "--strategy", "naive"]
+    result, report = _learn(tmp_path, *args, "--profile", str(tmp_path / "tiny-board.toml"))
+    prediction = report["device_prediction"]
+    assert prediction["other_device"] and prediction["profile"] == "tiny-board"
+    assert prediction["update_ms"] > 0 and "roofline prediction" in prediction["what"]
+    table = result.stdout
+    assert "(measured here; budget" in table
+    line = next(x for x in table.splitlines() if x.startswith("ms/update on tiny-board"))
+    assert f" {prediction['update_ms']:.2f} predicted, not measured (roofline:" in line
+    assert "measured here (tiny-board has 160 MB of RAM)" in table
+    ram = [w for w in report["warnings"] if "160 MB of RAM" in w]
+    assert len(ram) == 1 and "peak RSS measured here" in ram[0]
+    assert "warning: peak RSS measured here" in result.stderr
+
+    here, own = _learn(tmp_path, *args, name="cpu.json")
+    assert not own["device_prediction"]["other_device"]
+    assert "measured here" not in here.stdout and "ms/update on" not in here.stdout
+    assert not any("MB of RAM" in w for w in own["warnings"])  # 16 GB
+
+
+def test_cwr_star_that_learns_nothing_on_an_experience_says_why(tmp_path):
+    """CWR* on digits: after the first experience only the output layer learns, and
+    experience 2 ends below chance on its own test set."""
+    result, report = _learn(tmp_path, "--dataset", "digits", "--strategy", "cwr*")
+    warnings = [w for w in report["warnings"] if "learned next to nothing" in w]
+    assert len(warnings) == 1, report["warnings"]
+    assert "only the output layer learns" in warnings[0]
+    assert "--strategy 'ar1*'" in warnings[0] and "--backbone-weights" in warnings[0]
+    assert "warning: cwr* learned next to nothing on experience" in result.stderr

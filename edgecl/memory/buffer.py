@@ -119,6 +119,13 @@ class BudgetedBuffer:
         self._dim = dim
         return capacity
 
+    def planned_size(self, dim: int) -> tuple[int, int]:
+        """(latents, bytes) this buffer would hold and allocate for latents of ``dim``
+        values, codec parameters included, without allocating; BudgetError if none fits.
+        Configures the codec, as ``reserve`` would."""
+        capacity = self._planned_capacity(dim)
+        return capacity, capacity * self.bytes_per_sample(dim) + self.codec.overhead_bytes()
+
     @staticmethod
     def _check_labels(labels: torch.Tensor) -> None:
         if len(labels) and (int(labels.min()) < 0 or int(labels.max()) > _MAX_LABEL):

@@ -53,8 +53,13 @@ __all__ = [
 # layers are matrix products ("gemm"). Grouped and depthwise convolutions do a few
 # multiply-adds per value loaded and reuse nothing across channels, so they run one to two
 # orders of magnitude below the GEMM rate on CPUs ("grouped"). Layers FlopCounterMode
-# counts as 0 FLOPs (normalisation, activations, pooling) cost only memory traffic ("memory").
-LAYER_KINDS = ("gemm", "grouped", "memory")
+# counts as 0 FLOPs (normalisation, activations, pooling) cost only memory traffic ("memory"),
+# except windowed max and average pooling ("pool"): PyTorch's CPU kernels for them loop over
+# each window and run about 100x below copy bandwidth (max_pool2d 2x2 on 8x32x32x32: 1.2 GB/s
+# against 100 GB/s for a copy, here), so they get their own measured rate. Adaptive (global)
+# average pooling is a plain reduction and stays "memory".
+LAYER_KINDS = ("gemm", "grouped", "pool", "memory")
+_WINDOW_POOLS = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)
 
 
 # --------------------------------------------------------------------------- counting
@@ -212,6 +217,8 @@ def _count_layers(model: nn.Module, x: torch.Tensor) -> tuple[int, list[LayerCos
 def _kind(module: nn.Module, flops: int) -> str:
     if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
         return "grouped"
+    if isinstance(module, _WINDOW_POOLS):
+        return "pool"
     return "gemm" if flops > 0 else "memory"
 
 
@@ -253,6 +260,8 @@ class Roofline:
 
     - ``grouped_gflops``: the rate of grouped and depthwise convolutions, which reach a small
       fraction of the GEMM rate (see LAYER_KINDS). None prices them at ``gflops``.
+    - ``pool_gbs``: the rate, in bytes read and written per second, of windowed max and
+      average pooling, far below the bandwidth (see LAYER_KINDS). None: the bandwidth.
     - ``bandwidth_curve``: measured (bytes moved per call, GB/s) points. A call that moves
       few bytes stays in cache and is much faster than one that streams from DRAM (the
       cache-aware roofline of Ilic, Pratas and Sousa 2014); between points the bandwidth is
@@ -268,11 +277,14 @@ class Roofline:
     overhead_ms: float = 0.0  # fixed cost per call
     grouped_gflops: float | None = None  # rate of grouped/depthwise convolutions
     bandwidth_curve: tuple[tuple[float, float], ...] = ()  # (bytes per call, GB/s), by bytes
+    pool_gbs: float | None = None  # rate of windowed pooling, bytes in and out per second
 
     def __post_init__(self) -> None:
         rates = {"gflops": self.gflops, "bandwidth_gbs": self.bandwidth_gbs}
         if self.grouped_gflops is not None:
             rates["grouped_gflops"] = self.grouped_gflops
+        if self.pool_gbs is not None:
+            rates["pool_gbs"] = self.pool_gbs
         for i, point in enumerate(self.bandwidth_curve):
             if len(point) != 2:
                 raise UsageError(f"Roofline bandwidth_curve[{i}] must be (bytes, GB/s), "
@@ -304,7 +316,10 @@ class Roofline:
         """Time of one call doing ``flops`` FLOPs and moving ``bytes_moved`` bytes."""
         rate = self.grouped_gflops if kind == "grouped" and self.grouped_gflops else self.gflops
         compute_ms = flops / (rate * 1e6)  # GFLOP/s = 1e6 FLOP/ms
-        memory_ms = bytes_moved / (self.bandwidth_at(bytes_moved) * 1e6)
+        bandwidth = self.bandwidth_at(bytes_moved)
+        if kind == "pool" and self.pool_gbs:
+            bandwidth = min(bandwidth, self.pool_gbs)
+        memory_ms = bytes_moved / (bandwidth * 1e6)
         return self.overhead_ms + max(compute_ms, memory_ms)
 
     def predict_forward_ms(self, cost: ModuleCost, *, batch: int | None = None) -> float:
@@ -326,8 +341,9 @@ class Roofline:
         ``sustained_gflops`` and ``memory_bandwidth_gbs``).
 
         A profile states those two numbers only. With ``like`` (a measured roofline, usually
-        the host's), the profile's grouped-convolution rate takes the host's ratio to its
-        GEMM rate, and its per-call overhead the host's: both depend mostly on the software
+        the host's), the profile's grouped-convolution and pooling rates take the host's
+        ratio to its GEMM rate (pooling loops are bound by instructions, not by memory), and
+        its per-call overhead the host's: all depend mostly on the software
         stack (the same PyTorch kernels), which the host shares; a slower board's overhead
         is larger, so this stays a lower bound. Cache behaviour does not transfer between
         chips, so the profile gets one bandwidth for every size. Without ``like``, grouped
@@ -335,14 +351,16 @@ class Roofline:
         """
         device = profile.device
         gflops = float(device.sustained_gflops)
-        grouped = None
+        grouped = pool = None
         overhead = 0.0
         if like is not None:
             overhead = like.overhead_ms
             if like.grouped_gflops is not None:
                 grouped = gflops * like.grouped_gflops / like.gflops
+            if like.pool_gbs is not None:
+                pool = gflops * like.pool_gbs / like.gflops
         return cls(gflops=gflops, bandwidth_gbs=float(device.memory_bandwidth_gbs),
-                   overhead_ms=overhead, grouped_gflops=grouped)
+                   overhead_ms=overhead, grouped_gflops=grouped, pool_gbs=pool)
 
 
 def measure_host_rates(*, threads: int, seconds: float = 0.5) -> Roofline:
@@ -357,6 +375,7 @@ def measure_host_rates(*, threads: int, seconds: float = 0.5) -> Roofline:
     - GEMM: fp32 ``torch.mm`` of 128x256 @ 256x256 (a head's step, a late pointwise
       convolution at batch 1) and 1024x512 @ 512x512 (a pointwise convolution at batch 4);
     - grouped: 3x3 depthwise convolutions of 128 channels on 32x32 maps, batch 1 and 8;
+    - pooling: 2x2 max pooling of 32 channels on 32x32 maps, batch 1 and 8 (bytes in + out);
     - bandwidth: copying into freshly allocated tensors (as every eager op writes its output
       into new memory), of 1 MiB (stays in cache; eight copies per probe call) and 64 MiB
       (streams from DRAM and, above the allocator's mmap threshold, pays page faults as big
@@ -403,11 +422,13 @@ def measure_host_rates(*, threads: int, seconds: float = 0.5) -> Roofline:
 
     gemm = min(rate("gemm-small"), rate("gemm-large"))
     grouped = min(rate("depthwise-small"), rate("depthwise-large"))
+    pool = min(rate("pool-small"), rate("pool-large"))
     small = (work["copy-small"] / 8, rate("copy-small") / 1e9)  # bytes of one of the copies
     # A large copy faster than a small one is noise; it would bend the curve upward.
     large = (work["copy-large"], min(rate("copy-large") / 1e9, small[1]))
     return Roofline(gflops=gemm / 1e9, bandwidth_gbs=large[1], overhead_ms=overhead_s * 1e3,
-                    grouped_gflops=grouped / 1e9, bandwidth_curve=(small, large))
+                    grouped_gflops=grouped / 1e9, bandwidth_curve=(small, large),
+                    pool_gbs=pool / 1e9)
 
 
 def _host_probes() -> tuple[dict[str, Callable[[], object]], dict[str, float]]:
@@ -425,6 +446,10 @@ def _host_probes() -> tuple[dict[str, Callable[[], object]], dict[str, float]]:
         x = torch.randn(batch, 128, 32, 32)
         probes[name] = partial(F.conv2d, x, weight, padding=1, groups=128)
         work[name] = 2.0 * 9 * x.numel()
+    for name, batch in {"pool-small": 1, "pool-large": 8}.items():
+        x = torch.randn(batch, 32, 32, 32)
+        probes[name] = partial(F.max_pool2d, x, 2)
+        work[name] = 1.25 * x.numel() * x.element_size()  # reads x, writes a quarter of it
     for name, (mib, repeats) in {"copy-small": (1, 8), "copy-large": (64, 1)}.items():
         x = torch.ones(mib * 2**18)  # fp32
         # A 1 MiB copy takes about as long as the per-call overhead: eight in one probe

@@ -39,6 +39,7 @@ from edgecl.backbones import (
 from edgecl.errors import BudgetError, CheckpointError, DataError, EdgeclWarning, UsageError
 from edgecl.heads.growth import resize_output
 from edgecl.memory import ReplayBuffer, create_buffer, create_codec
+from edgecl.memory.codec_choice import CodecChoice, choose_codec
 from edgecl.runtime.classes import OutputClasses, initial_labels
 from edgecl.runtime.contention import ClockMark, ThreadGovernor, UpdateClock, UpdateTime
 from edgecl.runtime.cost import Roofline, UpdateCostModel, count_forward, count_train_step
@@ -116,6 +117,10 @@ class Learner(OutputClasses):
     up front) and grows when a new one arrives; ``n_classes=K`` fixes it at K rows for the
     labels 0..K-1 (or for ``classes``, a list of K labels) and refuses others. A class with
     no learned sample yet is never predicted.
+
+    ``codec_candidates`` (least lossy first, e.g. ``codec_candidates("pq")`` from
+    :mod:`edgecl.memory.codec_choice`): when neither the config nor the strategy names a
+    replay codec, use the candidate that fits the replay budget best (``codec_choice``).
     """
 
     def __init__(
@@ -137,6 +142,7 @@ class Learner(OutputClasses):
         onnx_dir: str | os.PathLike[str] | None = None,
         stream_samples: int | None = None,
         roofline: Roofline | None = None,
+        codec_candidates: Sequence[str] | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise UsageError(f"unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
@@ -178,6 +184,11 @@ class Learner(OutputClasses):
         self._stream_samples = stream_samples
         self.planned_state_bytes = self._plan_state(self.n_classes)
         self.replay_bytes = self._replay_room()
+        # A default codec (a profile's) becomes the candidate that fits the buffer best; the
+        # choice is written into the config, so a checkpoint rebuilds the same learner.
+        self.codec_choice: CodecChoice | None = None
+        if codec_candidates and not (self.config.codec or self.strategy.codec):
+            self._choose_codec(codec_candidates)
         if self.strategy.uses_replay:
             self.buffer = create_buffer(
                 self.strategy.buffer_kind, max_samples=self.config.replay_samples,
@@ -400,6 +411,17 @@ class Learner(OutputClasses):
         stats["strategy_state_bytes"] = self.strategy.state_bytes()
         stats["peak_rss_mb"] = self.timer.peak_rss_bytes / 2**20
         return stats
+
+    def _choose_codec(self, candidates: Sequence[str]) -> None:
+        name = candidates[-1]  # no replay: nothing to size, the preferred one is reported
+        if self.strategy.uses_replay:
+            self.codec_choice = choose_codec(
+                candidates, buffer_kind=self.strategy.buffer_kind,
+                dim=math.prod(self.latent_shape), max_samples=self.config.replay_samples,
+                max_bytes=self.replay_bytes)
+            name = self.codec_choice.codec
+        self.config = dataclasses.replace(self.config, codec=name)
+        self.codec_name = name
 
     def _replay_room(self) -> int | None:
         """Replay bytes: the configured limit, within what the memory budget leaves after the
@@ -689,6 +711,20 @@ class Learner(OutputClasses):
 
     def _make_scheduler(self, budget_ms: float) -> UpdateScheduler:
         """A scheduler whose cost prior is the FLOPs of this backbone and head."""
+        cost = self.update_cost_model()
+        cap = self.config.max_replay_per_step
+        if cap is None or self.buffer is None:
+            cap = GROWTH_FACTOR * self.fixed_replay_per_step
+        return UpdateScheduler(budget_ms=budget_ms, cost=cost, max_replay_per_step=cap,
+                               max_steps=self.config.max_steps,
+                               replay_available=self._replay_available)
+
+    def update_cost_model(self) -> UpdateCostModel:
+        """A fresh model of an update's time whose prior prices this backbone's and head's
+        FLOPs and bytes at ``self.roofline`` (the profile's device; default: the cpu
+        profile's). The scheduler starts from it and corrects it with times measured here;
+        as it comes, it is the roofline's prediction for the device. Needs the backbone
+        split (after pretraining)."""
         roofline = self.roofline
         if roofline is None:
             from edgecl.profiles import load_profile
@@ -700,17 +736,11 @@ class Learner(OutputClasses):
             roofline = dataclasses.replace(roofline, overhead_ms=0.015)
         batch = self.config.batch_size
         head = self._priced_head()
-        cost = UpdateCostModel.from_counts(
+        return UpdateCostModel.from_counts(
             roofline, backbone=count_forward(self.frozen, self.input_shape),
             head=count_forward(head, self.latent_shape),
             train_flops_per_sample=count_train_step(head, self.latent_shape,
                                                     batch=batch) / batch)
-        cap = self.config.max_replay_per_step
-        if cap is None or self.buffer is None:
-            cap = GROWTH_FACTOR * self.fixed_replay_per_step
-        return UpdateScheduler(budget_ms=budget_ms, cost=cost, max_replay_per_step=cap,
-                               max_steps=self.config.max_steps,
-                               replay_available=self._replay_available)
 
     @property
     def fixed_replay_per_step(self) -> int:

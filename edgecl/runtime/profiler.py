@@ -26,6 +26,8 @@ import numpy as np
 import torch
 
 from edgecl.errors import EdgeclWarning, UsageError
+from edgecl.memory import capacity_from_megabytes
+from edgecl.memory.codec_choice import codec_candidates
 from edgecl.profiles import Profile, resolve_execution_providers
 from edgecl.runtime.cost import (
     Roofline,
@@ -35,6 +37,10 @@ from edgecl.runtime.cost import (
     measure_host_rates,
 )
 from edgecl.runtime.learner import BACKENDS, Learner, LearnerConfig
+
+# A host roofline off its own measurement by more than this factor, either way, does not
+# describe that stage on this machine; its device prediction is then suspect by as much.
+ROOFLINE_MISS_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,8 @@ def profile_stages(profile: Profile, request: ProfileRequest,
         report = _report(profile, request, learner, x, host, device, threads, say,
                          Path(scratch))
     notes += [str(w.message) for w in caught if issubclass(w.category, EdgeclWarning)]
+    if learner.codec_choice is not None and learner.codec_choice.note():
+        notes.append(learner.codec_choice.note())
     providers, provider_note = resolve_execution_providers(profile)
     if provider_note:
         notes.append(provider_note)
@@ -109,7 +117,30 @@ def profile_stages(profile: Profile, request: ProfileRequest,
         notes.append(f"{profile.name} runs torch on {profile.device.torch_device}; measured "
                      "figures here are this machine's CPU, the device ones are predicted")
     report["notes"] = notes
+    report["warnings"] = roofline_warnings(report["stages"], profile.name)
     return report
+
+
+def roofline_warnings(stages: list[dict[str, object]], device: str) -> list[str]:
+    """One warning per stage whose ``host_measured_over_predicted`` is beyond
+    ROOFLINE_MISS_FACTOR either way: the same model predicts ``device``, so that prediction
+    is likely off by a similar factor, in the same direction."""
+    out = []
+    for row in stages:
+        ratio = row["host_measured_over_predicted"]
+        if ratio is None or 1 / ROOFLINE_MISS_FACTOR <= ratio <= ROOFLINE_MISS_FACTOR:
+            continue
+        backend = row.get("backend") or row.get("codec")
+        why = (" (the model prices PyTorch's eager layers one by one; ONNX Runtime fuses "
+               "them)" if str(backend).startswith("ort") else "")
+        device_ms = row["predicted_device_ms"]
+        out.append(f"{row['stage']} ({backend}, batch {row['batch']}) took {ratio:.2f}x the "
+                   f"host roofline's prediction here ({row['measured_here_ms']['p50']:.3f} ms "
+                   f"measured, {row['predicted_host_ms']:.3f} ms predicted){why}: the same "
+                   f"model's prediction for {device}"
+                   + (f" ({device_ms:.3f} ms)" if device_ms is not None else "")
+                   + f" is likely too {'low' if ratio > 1 else 'high'} by a similar factor")
+    return out
 
 
 def _warm_learner(profile: Profile, request: ProfileRequest, threads: int,
@@ -121,10 +152,13 @@ def _warm_learner(profile: Profile, request: ProfileRequest, threads: int,
     n = max(4 * request.batch, 2 * request.n_classes)
     x = rng.normal(size=(n, *request.input_shape)).astype(np.float32)
     y = np.arange(n) % request.n_classes
-    config = LearnerConfig(pretrain_epochs=1, epochs=1,
-                           codec=request.codec or profile.budget.replay_codec)
+    # The replay memory `edgecl learn` would have: the profile's bytes, its default codec
+    # chosen as the run would choose it (edgecl.memory.codec_choice).
+    config = LearnerConfig(pretrain_epochs=1, epochs=1, codec=request.codec,
+                           replay_bytes=capacity_from_megabytes(profile.budget.replay_mb))
     learner = Learner(strategy=request.strategy, input_shape=request.input_shape,
-                      n_classes=request.n_classes, backbone=request.backbone, config=config)
+                      n_classes=request.n_classes, backbone=request.backbone, config=config,
+                      codec_candidates=codec_candidates(profile.budget.replay_codec))
     learner.learn_many(x, y)
     return learner, x
 
@@ -223,7 +257,9 @@ def _report(profile: Profile, request: ProfileRequest, learner: Learner, x: np.n
         "memory": {"peak_rss_mb": memory["peak_rss_mb"], "codec": memory["codec"],
                    "bytes_per_sample": memory["bytes_per_sample"],
                    "replay_bytes_at_profile_budget": _replay_bytes(learner, profile),
-                   "strategy_state_bytes": memory["strategy_state_bytes"]},
+                   "strategy_state_bytes": memory["strategy_state_bytes"],
+                   "codec_choice": (learner.codec_choice.to_dict()
+                                    if learner.codec_choice is not None else None)},
         "threads": threads,
     }
 
@@ -254,4 +290,5 @@ def _replay_bytes(learner: Learner, profile: Profile) -> dict[str, int] | None:
 
 def _roofline_dict(roofline: Roofline) -> dict[str, object]:
     return {"gflops": roofline.gflops, "grouped_gflops": roofline.grouped_gflops,
-            "bandwidth_gbs": roofline.bandwidth_gbs, "overhead_ms": roofline.overhead_ms}
+            "bandwidth_gbs": roofline.bandwidth_gbs, "pool_gbs": roofline.pool_gbs,
+            "overhead_ms": roofline.overhead_ms}

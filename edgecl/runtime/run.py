@@ -23,6 +23,7 @@ from edgecl._files import check_writable_directory, check_writable_file
 from edgecl.data import Experience, build_scenario, load_dataset
 from edgecl.errors import CheckpointError, EdgeclWarning, UsageError
 from edgecl.memory import capacity_from_megabytes
+from edgecl.memory.codec_choice import codec_candidates
 from edgecl.profiles import (
     Profile,
     load_profile,
@@ -31,6 +32,7 @@ from edgecl.profiles import (
 )
 from edgecl.runtime.checkpoint import list_checkpoints
 from edgecl.runtime.cost import Roofline
+from edgecl.runtime.figures import device_prediction, experience_warnings
 from edgecl.runtime.learner import BACKENDS, Learner, LearnerConfig
 from edgecl.strategies import create_strategy
 
@@ -113,6 +115,8 @@ def iter_run(spec: RunSpec, *, stop: Callable[[], bool] | None = None
              ) -> Iterator[dict[str, object]]:
     """Yield ``{"event": "start" | "progress" | "experience" | "done", ...}`` dicts.
 
+    A "progress" event carries the samples learned since the last one and the warnings
+    raised meanwhile (after an experience, one may carry warnings only, with 0 samples).
     The "done" event carries the full report under ``"report"``. The "start" event lists,
     under ``"experiences_done"``, the "experience" events of a resumed run's earlier parts.
 
@@ -158,7 +162,7 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
                               "replay_samples": spec.replay_samples,
                               "replay_bytes": capacity_from_megabytes(replay_mb),
                               "memory_bytes": capacity_from_megabytes(memory_mb),
-                              "codec": spec.codec or strategy.codec or profile.budget.replay_codec,
+                              "codec": spec.codec or strategy.codec,  # else the profile's
                               "quantize_eval": spec.quantize_eval,
                               "update_budget_ms": update_ms if spec.schedule == "budget"
                               else None,
@@ -180,7 +184,10 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
                                                           os.cpu_count() or 1),
                       onnx_dir=checkpoints.onnx_dir if checkpoints else None,
                       stream_samples=sum(len(e.y) for e in scenario.experiences),
-                      roofline=Roofline.from_profile(profile))
+                      roofline=Roofline.from_profile(profile),
+                      codec_candidates=codec_candidates(profile.budget.replay_codec))
+    if learner.codec_choice is not None and learner.codec_choice.note():
+        notes.append(learner.codec_choice.note())
     learner.timer.stages["update"].budget_ms = update_ms
     progress = _Progress(started=started)
     restored = checkpoints.restore(learner) if spec.resume else None
@@ -232,8 +239,12 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
                 learner.sleep(spec.sleep_ms)
         row = [learner.evaluate(e.x_test, labels[e.y_test]) for e in experiences]
         progress.finish_experience(row)
+        found = experience_warnings(learner, profile, experiences, exp.index, row, notes)
+        notes.extend(found)
         if checkpoints:
             checkpoints.save(learner, progress, notes)
+        if found:
+            yield {"event": "progress", "samples": 0, "warnings": found}
         yield _experience_event(exp, row, dataset.classes)
 
     stalled = learner.scheduler.stall_advice() if learner.scheduler is not None else None
@@ -256,10 +267,13 @@ def _run_stream(spec: RunSpec, profile: Profile, device: str, notes: list[str],
                                           "codec", "peak_rss_mb", "strategy_state_bytes")}
                   | {"replay_budget_mb": replay_mb, "replay_samples_cap": spec.replay_samples,
                      "replay_bytes_granted": learner.replay_bytes,
-                     "planned_state_bytes": learner.planned_state_bytes},
+                     "planned_state_bytes": learner.planned_state_bytes,
+                     "codec_choice": _codec_source(spec, learner, profile)},
         "latency_ms": {stage: {k: v[k] for k in ("p50", "p95", "max")}
                        for stage, v in latency.items()},
         "budget": _budget_section(learner, spec, update_ms, memory_mb),
+        "device_prediction": device_prediction(
+            learner, profile, online_batch=spec.online_batch_size if scenario.online else None),
         "backend_info": learner.backend_info(),
         # wall_s_this_part: this process's share of wall_s (a resumed run's last part)
         "checkpoints": (checkpoints.summary()
@@ -287,6 +301,16 @@ def _stopped(checkpoints: _Checkpointer | None, learner: Learner, progress: _Pro
     --resume will continue from (None: nothing was saved)."""
     path = checkpoints.save_for_stop(learner, progress, notes) if checkpoints else None
     return {"event": "stopped", "checkpoint": path, "samples_done": progress.samples_done}
+
+
+def _codec_source(spec: RunSpec, learner: Learner, profile: Profile) -> dict[str, object]:
+    """Where the replay codec came from: --codec, the method's own, or the profile's default
+    (with the candidates it was chosen from, edgecl.memory.codec_choice)."""
+    if learner.codec_choice is not None:
+        return {"from": f"profile {profile.name}", **learner.codec_choice.to_dict()}
+    source = ("--codec" if spec.codec else f"strategy {learner.strategy.name}"
+              if learner.strategy.codec else f"profile {profile.name}")
+    return {"from": source, "codec": learner.codec_name}
 
 
 def _budget_section(learner: Learner, spec: RunSpec, update_ms: float, memory_mb: float

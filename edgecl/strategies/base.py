@@ -68,6 +68,10 @@ class Strategy:
     codec: str | None = None  # the codec the method is defined with (REMIND: pq); None: any
     quantize_eval = False  # evaluate on latents passed through the buffer's codec (REMIND)
     step_plan = StepPlan()
+    # The likely cause, and the alternative, when an experience is learned next to nothing
+    # (below chance on its own test set right after learning it; the run warns with this).
+    # None: generic advice. CWR and CWR* set it.
+    learned_nothing_hint: str | None = None
 
     def configure(self, head: nn.Sequential) -> None:
         """Called once, after the backbone is split and frozen."""

@@ -16,6 +16,11 @@ from edgecl.strategies.base import STRATEGIES, Strategy, UpdateContext
 
 class _CWRFamily(Strategy):
     load_consolidated = False  # CWR* starts training weights from cw; CWR from zero
+    learned_nothing_hint = (
+        "after the first experience only the output layer learns, on hidden features fit to "
+        "the first experience's classes, which need not separate the new ones; use "
+        "--strategy 'ar1*' (it also trains the hidden layers, with latent replay) or a "
+        "backbone pretrained on broad data (--backbone-weights)")
 
     def __init__(self) -> None:
         self.consolidated: ConsolidatedOutput | None = None

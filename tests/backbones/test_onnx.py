@@ -148,7 +148,53 @@ def test_norms_that_cannot_be_folded_still_export_correctly(tmp_path: Path) -> N
 
     parity = check_parity(module, path, samples=x)
     assert parity.ok, parity
-    assert parity.max_rel < 1e-3
+    assert parity.error < 1e-5
+
+
+def _with_weight_scaled(path: Path, out: Path, factor: float) -> Path:
+    """A copy of the ONNX file whose largest weight tensor is scaled by ``factor``."""
+    model = onnx.load(str(path))
+    weight = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    values = onnx.numpy_helper.to_array(weight) * np.float32(factor)
+    weight.CopyFrom(onnx.numpy_helper.from_array(values.astype(np.float32), weight.name))
+    onnx.save(model, str(out))
+    return out
+
+
+def test_parity_is_scale_free_for_outputs_of_1e_9(tmp_path: Path) -> None:
+    """A random-weight MobileNet (default BatchNorm statistics) outputs ~1e-9. A correct
+    export passes; one with a weight tensor 1% off fails, which the old absolute tolerance
+    of 1e-4 x max(1, max |output|) let through."""
+    torch.manual_seed(0)
+    backbone = create_backbone("mobilenet", input_shape=(3, 32, 32), n_classes=10,
+                               options={"width_mult": 0.25})
+    frozen = split_model(backbone.model, backbone.latent_layer).frozen
+    x = samples((3, 32, 32), 8)
+    path = export_onnx(frozen, tmp_path / "tiny.onnx", input_shape=(3, 32, 32))
+
+    good = check_parity(frozen, path, samples=x)
+    assert 1e-12 < good.scale < 1e-6, good  # the outputs really are tiny
+    assert good.ok and good.error < 1e-5, good
+
+    broken = check_parity(frozen, _with_weight_scaled(path, tmp_path / "b.onnx", 1.01),
+                          samples=x)
+    assert not broken.ok, broken
+    assert broken.error > 1e-3, broken  # 1% of the weights shows as ~1% of the outputs
+    assert broken.max_abs <= 1e-4 * max(1.0, broken.scale)  # what the old check passed
+    assert "FAILED" in broken.describe() and "limit 1.0e-04" in broken.describe()
+
+
+def test_parity_holds_large_outputs_to_the_same_relative_limit(tmp_path: Path) -> None:
+    module = nn.Sequential(nn.Linear(8, 4))
+    with torch.no_grad():
+        module[0].weight.mul_(1e3)  # outputs in the hundreds
+    x = samples((8,), 16)
+    path = export_onnx(module, tmp_path / "big.onnx", input_shape=(8,))
+    good = check_parity(module, path, samples=x)
+    assert good.scale > 100 and good.ok, good
+    broken = check_parity(module, _with_weight_scaled(path, tmp_path / "b.onnx", 1.01),
+                          samples=x)
+    assert not broken.ok and broken.error > 1e-3, broken
 
 
 def test_export_leaves_a_good_file_in_place_when_it_fails(tmp_path: Path) -> None:

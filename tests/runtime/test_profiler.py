@@ -7,6 +7,9 @@ import json
 from click.testing import CliRunner
 
 from edgecl.cli import cli
+from edgecl.runtime import profiler
+from edgecl.runtime.cost import Roofline
+from edgecl.runtime.profiler import roofline_warnings
 
 
 def test_profile_json_on_a_gpu_profile_without_a_gpu_labels_every_figure():
@@ -46,3 +49,38 @@ def test_profile_table_and_bad_flags():
     assert bad.exit_code == 2 and "repeats" in bad.output
     unknown = runner.invoke(cli, ["profile", "--strategy", "nope"])
     assert unknown.exit_code == 2 and "nope" in unknown.output
+
+
+def _row(ratio, *, stage="backbone forward", backend="torch", batch=32, device_ms=3.8):
+    host_ms = None if ratio is None else 4.0
+    return {"stage": stage, "backend": backend, "batch": batch,
+            "measured_here_ms": {"p50": 4.0 * (ratio or 1), "p95": 0.0, "max": 0.0},
+            "predicted_host_ms": host_ms, "host_measured_over_predicted": ratio,
+            "predicted_device_ms": device_ms}
+
+
+def test_roofline_warns_when_it_misses_its_own_measurement_by_more_than_2x():
+    rows = [_row(5.27), _row(1.9, batch=1), _row(0.51, backend="ort"), _row(None),
+            _row(0.3, backend="ort", batch=1)]
+    warnings = roofline_warnings(rows, "rpi4")
+    assert len(warnings) == 2, warnings
+    slow, fast = warnings
+    assert "backbone forward (torch, batch 32)" in slow and "5.27x" in slow
+    assert "rpi4 (3.800 ms) is likely too low" in slow
+    assert "(ort, batch 1)" in fast and "0.30x" in fast and "likely too high" in fast
+
+
+def test_profile_json_and_table_carry_the_roofline_warnings(monkeypatch):
+    # A host roofline 1000x too fast: every timed fp32 stage misses its prediction.
+    fast = Roofline(gflops=1e5, bandwidth_gbs=1e5, overhead_ms=1e-6, grouped_gflops=1e5)
+    monkeypatch.setattr(profiler, "measure_host_rates", lambda **_: fast)
+    args = ["profile", "--repeats", "3", "--warmup", "0", "--batch", "2", "--backend",
+            "torch", "--threads", "1", "--strategy", "naive"]
+    as_json = CliRunner().invoke(cli, [*args, "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    warnings = json.loads(as_json.stdout)["warnings"]
+    assert any(w.startswith("backbone forward (torch, batch 2) took") for w in warnings)
+    assert all("likely too low" in w for w in warnings), warnings
+    table = CliRunner().invoke(cli, args)
+    assert table.exit_code == 0, table.output
+    assert "warning: backbone forward (torch, batch 2) took" in table.stderr
